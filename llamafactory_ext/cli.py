@@ -1,0 +1,147 @@
+"""The `lfx` command line. Heavy imports (torch, LLaMA-Factory) stay inside the commands that need them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import LfxError
+
+
+class LfxGroup(click.Group):
+    """Turns LfxError into one `error: ...` line on stderr and exit status 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except LfxError as err:
+            click.echo(f"error: {err}", err=True)
+            ctx.exit(err.exit_code)
+
+
+@click.group(cls=LfxGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="llamafactory-ext")
+def main():
+    """Persona fine-tuning with LLaMA-Factory and DeepSpeed: templates, datasets, training."""
+
+
+@main.group(cls=LfxGroup)
+def templates():
+    """Persona chat templates declared in templates/."""
+
+
+@templates.command("list")
+def templates_list():
+    """List our templates with their LLaMA-Factory base."""
+    from .templates import load_specs
+
+    specs = load_specs()
+    width = max((len(n) for n in specs), default=4)
+    for name, spec in specs.items():
+        click.echo(f"{name:<{width}}  base={spec.base:<10}  {spec.description}")
+
+
+@templates.command("show")
+@click.argument("name")
+@click.option("--tokenizer", "tokenizer_path", type=click.Path(exists=True, file_okay=False),
+              help="Local tokenizer folder: show real special tokens and token counts.")
+@click.option("--system", default=None, help="System prompt instead of the template's default.")
+def templates_show(name, tokenizer_path, system):
+    """Show the prompt NAME builds for a sample conversation."""
+    from .templates import SAMPLE_CONVERSATION, get_template, render_messages
+
+    template = get_template(name)
+    tokenizer = None
+    if tokenizer_path:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+        template.fix_special_tokens(tokenizer)
+    prompt, response = render_messages(template, SAMPLE_CONVERSATION, system, tokenizer)
+    click.echo(f"# template: {name}")
+    click.echo(f"# default system: {template.default_system or '(none)'}")
+    click.echo(f"# stop words: {', '.join(template.stop_words) or '(none)'}")
+    if tokenizer is not None:
+        prompt_ids, response_ids = template.encode_oneturn(tokenizer, SAMPLE_CONVERSATION, system)
+        click.echo(f"# tokens: prompt {len(prompt_ids)} (masked in labels), response {len(response_ids)}")
+    click.echo("# --- prompt (masked in labels) ---")
+    click.echo(prompt)
+    click.echo("# --- response (trained) ---")
+    click.echo(response)
+
+
+@main.group(cls=LfxGroup)
+def datasets():
+    """Datasets declared in datasets/dataset_info.json."""
+
+
+@datasets.command("list")
+def datasets_list():
+    """List our datasets."""
+    from .datasets import load_entries
+
+    for name, entry in load_entries().items():
+        source = entry.info.get("file_name") or next(iter(entry.lf_info.values()))
+        click.echo(f"{name}  formatting={entry.info.get('formatting', 'alpaca')}  {source}")
+
+
+@datasets.command("check")
+@click.argument("names", nargs=-1)
+def datasets_check(names):
+    """Validate entries and every record of NAMES (default: all)."""
+    from .datasets import check_entry, load_entries, select
+
+    for entry in select(load_entries(), list(names)):
+        count = check_entry(entry)
+        click.echo(f"ok  {entry.name}: {count} records")
+
+
+@datasets.command("register")
+@click.option("--into", "into", required=True, type=click.Path(file_okay=False),
+              help="LLaMA-Factory dataset folder whose dataset_info.json receives our entries.")
+@click.option("--force", is_flag=True, help="Replace entries or files defined differently there.")
+@click.argument("names", nargs=-1)
+def datasets_register(into, force, names):
+    """Merge our entries (and copy their files) into INTO/dataset_info.json."""
+    from .datasets import register_datasets
+
+    done = register_datasets(into, list(names), force=force)
+    click.echo(f"registered {', '.join(done)} into {Path(into) / 'dataset_info.json'}")
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
+@click.option("--nproc-per-node", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes to start with torchrun (one per GPU).")
+def train(config, overrides, nproc_per_node):
+    """Train with LLaMA-Factory: CONFIG.yaml [key=value ...], our templates and datasets registered."""
+    from .train import load_config, prepare, split_argv
+
+    path, extra = split_argv([config, *overrides])
+    prepare(load_config(path, extra), path)  # fail here, in seconds, before any process starts
+    if nproc_per_node == 1:
+        cmd = [sys.executable, "-m", "llamafactory_ext.train", path, *extra]
+    else:
+        torchrun = shutil.which("torchrun") or "torchrun"
+        cmd = [torchrun, f"--nproc_per_node={nproc_per_node}", "-m", "llamafactory_ext.train", path, *extra]
+    sys.exit(subprocess.call(cmd, env=os.environ.copy()))
+
+
+@main.command("tiny-model")
+@click.argument("family", type=click.Choice(["llama3", "qwen2"]))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+def tiny_model(family, out_dir):
+    """Build a tiny random-weight FAMILY model in OUT_DIR (offline smoke tests and the demo)."""
+    from .tiny import build_tiny_model
+
+    click.echo(f"tiny {family} model written to {build_tiny_model(family, out_dir)}")
+
+
+if __name__ == "__main__":
+    main()

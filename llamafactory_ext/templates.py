@@ -1,0 +1,240 @@
+"""Persona chat templates declared as YAML in templates/, registered into LLaMA-Factory's registry.
+
+A template file names a LLaMA-Factory base template, a default system prompt and overrides of the
+base's fields. Loading and validating the files needs no torch; `register_templates` imports
+LLaMA-Factory and adds a derived copy of the base under the file's name.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import LfxError
+from .files import read_yaml
+from .paths import templates_dir
+
+SPEC_KEYS = {"name", "base", "description", "default_system", "overrides"}
+FORMATTER_FIELDS = {
+    "format_user",
+    "format_assistant",
+    "format_system",
+    "format_function",
+    "format_observation",
+    "format_prefix",
+}
+# Fields of llamafactory.data.template.Template a file may override (tests check they exist there).
+OVERRIDE_TYPES: dict[str, type | tuple[type, ...]] = {
+    **{name: dict for name in FORMATTER_FIELDS},
+    "stop_words": list,
+    "thought_words": list,
+    "tool_call_words": list,
+    "efficient_eos": bool,
+    "replace_eos": bool,
+    "replace_jinja_template": bool,
+    "enable_thinking": bool,
+    "preserve_thinking": bool,
+}
+
+# Names this package put into LLaMA-Factory's registry, so re-registering replaces only our own.
+_REGISTERED: set[str] = set()
+
+
+@dataclass(frozen=True)
+class TemplateSpec:
+    name: str
+    base: str
+    path: Path
+    default_system: str = ""
+    description: str = ""
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_type(where: str, key: str, value: Any, expected: type | tuple[type, ...]) -> None:
+    if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+        names = expected.__name__ if isinstance(expected, type) else "/".join(t.__name__ for t in expected)
+        raise LfxError(f"{where}: field '{key}': expected {names}, got {type(value).__name__}")
+
+
+def _check_slots(where: str, key: str, value: dict) -> None:
+    if set(value) != {"slots"} or not isinstance(value["slots"], list) or not value["slots"]:
+        raise LfxError(f"{where}: field '{key}': expected {{slots: [...]}} with a non-empty list")
+    for i, slot in enumerate(value["slots"]):
+        ok = isinstance(slot, str) or (
+            isinstance(slot, dict)
+            and len(slot) == 1
+            and (slot.get("special") in ("bos_token", "eos_token") or isinstance(slot.get("token"), str))
+        )
+        if not ok:
+            raise LfxError(
+                f"{where}: field '{key}.slots[{i}]': expected a string, {{special: bos_token|eos_token}} "
+                f"or {{token: TOKEN}}, got {slot!r}"
+            )
+
+
+def load_spec(path: str | Path) -> TemplateSpec:
+    """Read and validate one template file."""
+    path = Path(path)
+    data = read_yaml(path)
+    where = str(path)
+    if not isinstance(data, dict):
+        raise LfxError(f"{where}: expected a mapping at the top level, got {type(data).__name__}")
+    unknown = sorted(set(data) - SPEC_KEYS)
+    if unknown:
+        raise LfxError(f"{where}: unknown key '{unknown[0]}' (allowed: {', '.join(sorted(SPEC_KEYS))})")
+    for key in ("name", "base"):
+        if key not in data:
+            raise LfxError(f"{where}: missing required key '{key}'")
+        _check_type(where, key, data[key], str)
+        if not data[key].strip():
+            raise LfxError(f"{where}: field '{key}': must not be empty")
+    for key in ("default_system", "description"):
+        if key in data:
+            _check_type(where, key, data[key], str)
+    overrides = data.get("overrides") or {}
+    _check_type(where, "overrides", overrides, dict)
+    for key, value in overrides.items():
+        if key not in OVERRIDE_TYPES:
+            raise LfxError(
+                f"{where}: unknown override 'overrides.{key}' (allowed: {', '.join(sorted(OVERRIDE_TYPES))})"
+            )
+        _check_type(where, f"overrides.{key}", value, OVERRIDE_TYPES[key])
+        if key in FORMATTER_FIELDS:
+            _check_slots(where, f"overrides.{key}", value)
+        elif isinstance(value, list) and not all(isinstance(v, str) for v in value):
+            raise LfxError(f"{where}: field 'overrides.{key}': expected a list of strings")
+    if overrides.get("replace_eos") and not overrides.get("stop_words", True):
+        raise LfxError(f"{where}: field 'overrides.stop_words': replace_eos needs at least one stop word")
+    if path.stem != data["name"]:
+        raise LfxError(f"{where}: field 'name': '{data['name']}' must match the file name '{path.stem}'")
+    return TemplateSpec(
+        name=data["name"],
+        base=data["base"],
+        path=path,
+        default_system=data.get("default_system", ""),
+        description=data.get("description", ""),
+        overrides=dict(overrides),
+    )
+
+
+def load_specs(directory: str | Path | None = None) -> dict[str, TemplateSpec]:
+    """All template files in `directory` (default: templates/), by name."""
+    directory = Path(directory) if directory else templates_dir()
+    if not directory.is_dir():
+        raise LfxError(f"{directory}: template folder not found")
+    specs: dict[str, TemplateSpec] = {}
+    for path in sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml")):
+        spec = load_spec(path)
+        specs[spec.name] = spec
+    return specs
+
+
+def _formatter(value: dict):
+    from llamafactory.data.formatter import EmptyFormatter, StringFormatter
+
+    slots: list = []
+    for slot in value["slots"]:
+        if isinstance(slot, str):
+            slots.append(slot)
+        elif "special" in slot:
+            slots.append({slot["special"]})
+        else:
+            slots.append({"token": slot["token"]})
+    has_content = any(isinstance(s, str) and "{{content}}" in s for s in slots)
+    return StringFormatter(slots=slots) if has_content else EmptyFormatter(slots=slots)
+
+
+def build_template(spec: TemplateSpec, registry: dict):
+    """A LLaMA-Factory Template: a deep copy of the base with the spec's fields applied."""
+    if spec.base not in registry or spec.base in _REGISTERED:
+        known = sorted(n for n in registry if n not in _REGISTERED)
+        raise LfxError(
+            f"{spec.path}: field 'base': unknown LLaMA-Factory template '{spec.base}' "
+            f"(e.g. {', '.join(n for n in known if n.startswith(('llama', 'qwen', 'mistral', 'phi')))})"
+        )
+    changes: dict[str, Any] = {"default_system": spec.default_system}
+    for key, value in spec.overrides.items():
+        if key in FORMATTER_FIELDS:
+            value = _formatter(value)
+        elif key in ("thought_words", "tool_call_words"):
+            value = tuple(value)
+        changes[key] = value
+    return dataclasses.replace(copy.deepcopy(registry[spec.base]), **changes)
+
+
+def register_templates(directory: str | Path | None = None) -> list[str]:
+    """Register every template in `directory` (default: templates/) into LLaMA-Factory.
+
+    Returns their names. Calling it again replaces our own entries and never a built-in one.
+    """
+    from llamafactory.data.template import TEMPLATES
+
+    specs = load_specs(directory)
+    built = {}
+    for name, spec in specs.items():
+        if name in TEMPLATES and name not in _REGISTERED:
+            raise LfxError(f"{spec.path}: field 'name': '{name}' is a LLaMA-Factory built-in template")
+        built[name] = build_template(spec, TEMPLATES)
+    TEMPLATES.update(built)
+    _REGISTERED.update(built)
+    return sorted(built)
+
+
+def get_template(name: str):
+    """A private copy of a registered template (LLaMA-Factory mutates the shared ones)."""
+    from llamafactory.data.template import TEMPLATES
+
+    register_templates()
+    if name not in TEMPLATES:
+        ours = sorted(_REGISTERED)
+        raise LfxError(f"unknown template '{name}' (ours: {', '.join(ours)}; or any LLaMA-Factory built-in)")
+    return copy.deepcopy(TEMPLATES[name])
+
+
+def _slot_text(elements: list, tokenizer) -> str:
+    out = []
+    for elem in elements:
+        if isinstance(elem, str):
+            out.append(elem)
+        elif isinstance(elem, dict):
+            out.append(elem.get("token", ""))
+        elif isinstance(elem, set):
+            name = "bos_token" if "bos_token" in elem else "eos_token"
+            if tokenizer is None:
+                out.append("{{" + name + "}}")
+            elif getattr(tokenizer, f"{name}_id") is not None:
+                out.append(getattr(tokenizer, name))
+    return "".join(out)
+
+
+def render_messages(template, messages: list[dict[str, str]], system: str | None = None, tokenizer=None) -> list[str]:
+    """The text of each message as LLaMA-Factory's Template._encode lays it out.
+
+    Without a tokenizer, special-token slots show as {{bos_token}} / {{eos_token}}.
+    """
+    system = system or template.default_system
+    texts = []
+    for i, message in enumerate(messages):
+        elements: list = []
+        if i == 0:
+            elements += template.format_prefix.apply()
+            if system:
+                elements += template.format_system.apply(content=system)
+        role = message["role"]
+        if role == "user":
+            elements += template.format_user.apply(content=message["content"], idx=str(i // 2))
+        elif role == "assistant":
+            elements += template.format_assistant.apply(content=message["content"])
+        else:
+            raise LfxError(f"render: unsupported role '{role}' in message {i}")
+        texts.append(_slot_text(elements, tokenizer))
+    return texts
+
+
+SAMPLE_CONVERSATION = [
+    {"role": "user", "content": "토니, 소코비아 협정에 대해 어떻게 생각하나요?"},
+    {"role": "assistant", "content": "서명했죠. 고삐가 필요하다는 건 인정하니까요."},
+]

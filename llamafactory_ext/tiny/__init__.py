@@ -1,0 +1,123 @@
+"""Tiny random-weight Llama-3 and Qwen2 models for demos and tests, built locally in seconds.
+
+Each carries its family's real special tokens and official chat template, and a byte-level BPE
+tokenizer trained on the fly (nothing is downloaded), so it goes through the same loading code as
+the real model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..paths import datasets_dir
+
+_HERE = Path(__file__).parent
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    config_class: str
+    special_tokens: tuple[str, ...]
+    bos_token: str | None
+    eos_token: str
+    chat_template_file: str
+
+
+FAMILIES = {
+    "llama3": Family(
+        name="llama3",
+        config_class="LlamaConfig",
+        special_tokens=(
+            "<|begin_of_text|>",
+            "<|end_of_text|>",
+            "<|start_header_id|>",
+            "<|end_header_id|>",
+            "<|eot_id|>",
+            "<|eom_id|>",
+        ),
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        chat_template_file="llama3-instruct.jinja",
+    ),
+    "qwen2": Family(
+        name="qwen2",
+        config_class="Qwen2Config",
+        special_tokens=("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+        bos_token=None,
+        eos_token="<|im_end|>",
+        chat_template_file="qwen2.5-instruct.jinja",
+    ),
+}
+
+
+def official_chat_template(family: str) -> str:
+    """The chat template the family's official Instruct tokenizer ships."""
+    return (_HERE / FAMILIES[family].chat_template_file).read_text(encoding="utf-8")
+
+
+def _corpus() -> list[str]:
+    """Text to train the tokenizer on: the bundled datasets plus the chat-format words."""
+    lines = ["system user assistant tool ipython You are a helpful assistant.", "\n\n"]
+    for path in sorted(datasets_dir().glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, list):
+            for record in data:
+                if isinstance(record, dict):
+                    lines.extend(str(v) for v in record.values())
+    return lines
+
+
+def build_tokenizer(family: str, vocab_size: int = 3000):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    spec = FAMILIES[family]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(spec.special_tokens),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=spec.bos_token,
+        eos_token=spec.eos_token,
+        chat_template=official_chat_template(family),
+        clean_up_tokenization_spaces=False,
+        model_max_length=2048,
+    )
+
+
+def build_tiny_model(family: str, out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random-weight model of `family` ("llama3" or "qwen2") to `out_dir`."""
+    import torch
+    import transformers
+
+    spec = FAMILIES[family]
+    out = Path(out_dir)
+    tokenizer = build_tokenizer(family)
+    config = getattr(transformers, spec.config_class)(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -1,0 +1,128 @@
+"""Training entry point for every rank: `python -m llamafactory_ext.train CONFIG.yaml [key=value ...]`.
+
+Ranks started by `llamafactory-cli train` never import this package, so our templates would not
+exist there. Launch this module instead (torchrun, the deepspeed launcher, or plain python): it
+registers our templates and datasets in its own process, then runs LLaMA-Factory's `run_exp`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .datasets import INFO_FILE, load_entries, register_datasets
+from .errors import LfxError
+from .files import read_json, read_yaml
+from .paths import datasets_dir
+
+USAGE = "usage: python -m llamafactory_ext.train CONFIG.yaml [key=value ...]"
+
+
+def split_argv(argv: list[str]) -> tuple[str, list[str]]:
+    """The config path and key=value overrides; drops the `--local_rank` the deepspeed launcher appends."""
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--local_rank=") or arg.startswith("--local-rank="):
+            os.environ.setdefault("LOCAL_RANK", arg.split("=", 1)[1])
+        elif arg in ("--local_rank", "--local-rank") and i + 1 < len(argv):
+            os.environ.setdefault("LOCAL_RANK", argv[i + 1])
+            i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    if not rest or not rest[0].endswith((".yaml", ".yml", ".json")):
+        raise LfxError(f"missing CONFIG.yaml ({USAGE})")
+    for arg in rest[1:]:
+        if "=" not in arg or arg.startswith("-"):
+            raise LfxError(f"override '{arg}' is not key=value ({USAGE})")
+    return rest[0], rest[1:]
+
+
+def load_config(path: str, overrides: list[str]) -> dict[str, Any]:
+    """The config file merged with command-line overrides, as LLaMA-Factory's own CLI merges them."""
+    from omegaconf import OmegaConf
+
+    data = read_json(path) if path.endswith(".json") else read_yaml(path)
+    if not isinstance(data, dict):
+        raise LfxError(f"{path}: expected a mapping of LLaMA-Factory arguments, got {type(data).__name__}")
+    merged = OmegaConf.merge(OmegaConf.create(data), OmegaConf.from_cli(overrides))
+    return OmegaConf.to_container(merged)
+
+
+def _names(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [n.strip() for n in value.split(",") if n.strip()]
+    return [str(n).strip() for n in value]
+
+
+def prepare(config: dict[str, Any], config_path: str = "config") -> dict[str, Any]:
+    """Register templates and datasets in this process and point the config at them."""
+    from llamafactory.data.template import TEMPLATES
+
+    from .templates import register_templates
+
+    ours = register_templates()
+    template = config.get("template")
+    if template is not None and template not in TEMPLATES:
+        raise LfxError(
+            f"{config_path}: field 'template': unknown template '{template}' "
+            f"(ours: {', '.join(ours)}; or a LLaMA-Factory built-in such as llama3, qwen)"
+        )
+
+    entries = load_entries()
+    wanted = _names(config.get("dataset")) + _names(config.get("eval_dataset"))
+    dataset_dir = config.get("dataset_dir")
+    if dataset_dir is None:
+        config["dataset_dir"] = str(datasets_dir())
+        known = set(entries)
+    else:
+        info_path = Path(dataset_dir) / INFO_FILE
+        known = set(entries) | set(read_json(info_path) if info_path.exists() else {})
+    for name in wanted:
+        if name not in known:
+            raise LfxError(
+                f"{config_path}: field 'dataset': unknown dataset '{name}' (known: {', '.join(sorted(known))})"
+            )
+    mine = [n for n in dict.fromkeys(wanted) if n in entries]
+    if mine:
+        register_datasets(config["dataset_dir"], mine)
+    return config
+
+
+def _finish() -> None:
+    """Tear down cleanly. Under a multi-process launcher, exit right away once everything is flushed:
+    measured here, interpreter teardown after a gloo run under the deepspeed launcher died with SIGABRT."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        path, overrides = split_argv(sys.argv[1:] if argv is None else argv)
+        config = prepare(load_config(path, overrides), path)
+    except LfxError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    from llamafactory.train.tuner import run_exp
+
+    run_exp(config)
+    _finish()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
