@@ -2,11 +2,11 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+comma  := ,
 # CPU machines take the pinned torch/torchaudio/torchvision triple; on a GPU pod use EXTRAS=test
 # so the pod's own CUDA torch stays.
 EXTRAS ?= cpu,test
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
-comma  := ,
 
 .PHONY: install demo test bench clean
 

@@ -24,6 +24,7 @@ class Family:
     bos_token: str | None
     eos_token: str
     chat_template_file: str
+    split_pattern: str  # the pre-tokenizer regex of the family's real tokenizer.json
 
 
 FAMILIES = {
@@ -41,6 +42,10 @@ FAMILIES = {
         bos_token="<|begin_of_text|>",
         eos_token="<|eot_id|>",
         chat_template_file="llama3-instruct.jinja",
+        split_pattern=(
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+            r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+        ),
     ),
     "qwen2": Family(
         name="qwen2",
@@ -49,6 +54,10 @@ FAMILIES = {
         bos_token=None,
         eos_token="<|im_end|>",
         chat_template_file="qwen2.5-instruct.jinja",
+        split_pattern=(
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+            r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+        ),
     ),
 }
 
@@ -71,12 +80,17 @@ def _corpus() -> list[str]:
 
 
 def build_tokenizer(family: str, vocab_size: int = 3000):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     spec = FAMILIES[family]
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(spec.split_pattern), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
