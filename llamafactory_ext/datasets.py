@@ -207,22 +207,22 @@ def _check_sharegpt(where: str, record: dict, info: dict, json_rule: Any) -> Non
     known = asks | answers | {cols["system_tag"]}
     start = 1 if isinstance(messages[0], dict) and messages[0].get(role_tag) == cols["system_tag"] else 0
     for i, message in enumerate(messages):
-        at = f"{where}: field '{col}[{i}]'"
+        at = f"{where}: field '{col}[{i}]"
         if not isinstance(message, dict):
-            raise LfxError(f"{at}: expected a message object, got {type(message).__name__}")
+            raise LfxError(f"{at}': expected a message object, got {type(message).__name__}")
         for tag in (role_tag, content_tag):
             if tag not in message:
-                raise LfxError(f"{at}: missing '{tag}'")
+                raise LfxError(f"{at}.{tag}': missing")
         role, content = message[role_tag], message[content_tag]
         if role not in known:
-            raise LfxError(f"{at}.{role_tag}: role '{role}' is not one of the entry's tags ({', '.join(sorted(known))})")
+            raise LfxError(f"{at}.{role_tag}': role '{role}' is not one of the entry's tags ({', '.join(sorted(known))})")
         if not isinstance(content, str) or not content.strip():
-            raise LfxError(f"{at}.{content_tag}: expected non-empty text")
+            raise LfxError(f"{at}.{content_tag}': expected non-empty text")
         if i >= start:
             expected = asks if (i - start) % 2 == 0 else answers
             if role not in expected:
                 want = "/".join(sorted(expected))
-                raise LfxError(f"{at}.{role_tag}: roles must alternate, expected {want}, got '{role}'")
+                raise LfxError(f"{at}.{role_tag}': roles must alternate, expected {want}, got '{role}'")
     if (len(messages) - start) % 2 != 0 or len(messages) == start:
         raise LfxError(f"{where}: field '{col}': must end with an {cols['assistant_tag']} message")
     if _wants_json(json_rule, record):
