@@ -133,6 +133,19 @@ def train(config, overrides, nproc_per_node):
     sys.exit(subprocess.call(cmd, env=os.environ.copy()))
 
 
+@main.command()
+@click.argument("recipe", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Run folder to write (e.g. runs/ironman).")
+def render(recipe, out_dir):
+    """Render RECIPE (launch/*.yaml) into a run folder with train_sft.sh."""
+    from .render import render as render_run
+
+    for path in render_run(recipe, out_dir):
+        click.echo(f"wrote {path}")
+    click.echo(f"run it with: {Path(out_dir) / 'train_sft.sh'} [--background]")
+
+
 @main.command("tiny-model")
 @click.argument("family", type=click.Choice(["llama3", "qwen2"]))
 @click.argument("out_dir", type=click.Path(file_okay=False))

@@ -1,0 +1,157 @@
+"""Run recipes (launch/*.yaml): LLaMA-Factory arguments plus a `launch` block, validated before
+anything is rendered or launched.
+
+    preset: llama3-alpha-ko-8b      # optional, from launch/presets.yaml
+    dataset: ironman
+    ...                              # any LLaMA-Factory argument
+    launch: {gpus: 2, nodes: 1, zero_stage: 3, offload: false, launcher: deepspeed,
+             hub_repo: USER/NAME, global_batch_size: 32}
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import LfxError
+from .files import read_yaml
+from .paths import REPO_ROOT
+
+PRESETS_FILE = REPO_ROOT / "launch" / "presets.yaml"
+LAUNCH_DEFAULTS = {"gpus": 1, "nodes": 1, "zero_stage": 3, "offload": False, "launcher": "deepspeed",
+                   "hub_repo": None, "global_batch_size": None}  # fmt: skip
+LAUNCHERS = ("deepspeed", "torchrun")
+ZERO_STAGES = (0, 2, 3)
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    path: Path
+    name: str
+    args: dict[str, Any]  # LLaMA-Factory arguments
+    launch: dict[str, Any]
+
+    @property
+    def deepspeed_config(self) -> Path:
+        suffix = "_offload" if self.launch["offload"] else ""
+        return REPO_ROOT / "deepspeed_configs" / f"ds_z{self.launch['zero_stage']}{suffix}_config.json"
+
+
+def llamafactory_argument_names() -> set[str]:
+    """Every argument LLaMA-Factory's parser accepts, from its own dataclasses."""
+    import dataclasses
+
+    from llamafactory.hparams import (
+        DataArguments,
+        FinetuningArguments,
+        GeneratingArguments,
+        ModelArguments,
+        TrainingArguments,
+    )
+
+    classes = (ModelArguments, DataArguments, FinetuningArguments, GeneratingArguments, TrainingArguments)
+    return {f.name for cls in classes for f in dataclasses.fields(cls)}
+
+
+def _positive_int(where: str, key: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise LfxError(f"{where}: field '{key}': expected a positive integer, got {value!r}")
+    return value
+
+
+def _check_launch(where: str, block: Any) -> dict[str, Any]:
+    if not isinstance(block, dict):
+        raise LfxError(f"{where}: field 'launch': expected a mapping, got {type(block).__name__}")
+    for key in block:
+        if key not in LAUNCH_DEFAULTS:
+            hint = difflib.get_close_matches(key, list(LAUNCH_DEFAULTS), n=1)
+            extra = f" (did you mean '{hint[0]}'?)" if hint else f" (allowed: {', '.join(LAUNCH_DEFAULTS)})"
+            raise LfxError(f"{where}: unknown key 'launch.{key}'{extra}")
+    launch = {**LAUNCH_DEFAULTS, **block}
+    _positive_int(where, "launch.gpus", launch["gpus"])
+    _positive_int(where, "launch.nodes", launch["nodes"])
+    if launch["zero_stage"] not in ZERO_STAGES or isinstance(launch["zero_stage"], bool):
+        raise LfxError(f"{where}: field 'launch.zero_stage': {launch['zero_stage']!r} is not one of 0, 2, 3")
+    if not isinstance(launch["offload"], bool):
+        raise LfxError(f"{where}: field 'launch.offload': expected true or false")
+    if launch["offload"] and launch["zero_stage"] == 0:
+        raise LfxError(f"{where}: field 'launch.offload': ZeRO-0 has nothing to offload (use zero_stage 2 or 3)")
+    if launch["launcher"] not in LAUNCHERS:
+        raise LfxError(f"{where}: field 'launch.launcher': '{launch['launcher']}' is not one of {', '.join(LAUNCHERS)}")
+    if launch["hub_repo"] is not None and not (isinstance(launch["hub_repo"], str) and REPO_ID.match(launch["hub_repo"])):
+        raise LfxError(f"{where}: field 'launch.hub_repo': '{launch['hub_repo']}' is not USER/NAME")
+    if launch["global_batch_size"] is not None:
+        _positive_int(where, "launch.global_batch_size", launch["global_batch_size"])
+    return launch
+
+
+def _check_batch(where: str, args: dict[str, Any], launch: dict[str, Any]) -> None:
+    per_device = _positive_int(where, "per_device_train_batch_size", args.get("per_device_train_batch_size", 8))
+    world = launch["gpus"] * launch["nodes"]
+    if "gradient_accumulation_steps" in args:
+        _positive_int(where, "gradient_accumulation_steps", args["gradient_accumulation_steps"])
+    wanted = launch["global_batch_size"]
+    if wanted is None:
+        return
+    if wanted % (per_device * world):
+        raise LfxError(
+            f"{where}: field 'launch.global_batch_size': {wanted} does not divide into "
+            f"per_device_train_batch_size {per_device} x {world} GPUs"
+        )
+    accumulation = wanted // (per_device * world)
+    if args.setdefault("gradient_accumulation_steps", accumulation) != accumulation:
+        raise LfxError(
+            f"{where}: field 'launch.global_batch_size': {wanted} needs gradient_accumulation_steps {accumulation} "
+            f"with {per_device} per device x {world} GPUs, not {args['gradient_accumulation_steps']}"
+        )
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read a recipe, apply its preset, and check it against LLaMA-Factory, our templates and datasets."""
+    from .datasets import load_entries
+    from .train import _names
+
+    path = Path(path)
+    where = str(path)
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise LfxError(f"{where}: expected a mapping, got {type(data).__name__}")
+    data = dict(data)
+    launch = _check_launch(where, data.pop("launch", {}))
+    preset_name = data.pop("preset", None)
+    if preset_name is not None:
+        presets = read_yaml(PRESETS_FILE)
+        if preset_name not in presets:
+            raise LfxError(f"{where}: field 'preset': unknown preset '{preset_name}' (known: {', '.join(presets)})")
+        data = {**presets[preset_name], **data}
+
+    known = llamafactory_argument_names()
+    for key in data:
+        if key not in known:
+            hint = difflib.get_close_matches(key, sorted(known), n=1)
+            extra = f" (did you mean '{hint[0]}'?)" if hint else ""
+            raise LfxError(f"{where}: unknown key '{key}': not a LLaMA-Factory argument{extra}")
+    for key in ("model_name_or_path", "dataset", "template"):
+        if not data.get(key):
+            raise LfxError(f"{where}: missing '{key}' (or a preset that sets it)")
+    for key in ("deepspeed", "output_dir", "dataset_dir"):
+        if key in data:
+            raise LfxError(f"{where}: field '{key}': set by the launcher, remove it (use launch.zero_stage)")
+    _check_batch(where, data, launch)
+
+    from llamafactory.data.template import TEMPLATES
+
+    from .templates import register_templates
+
+    ours = register_templates()
+    if data["template"] not in TEMPLATES:
+        raise LfxError(f"{where}: field 'template': unknown template '{data['template']}' (ours: {', '.join(ours)})")
+    entries = load_entries()
+    for name in _names(data["dataset"]) + _names(data.get("eval_dataset")):
+        if name not in entries:
+            raise LfxError(f"{where}: field 'dataset': unknown dataset '{name}' (known: {', '.join(sorted(entries))})")
+    return Recipe(path=path, name=path.stem, args=data, launch=launch)
