@@ -8,21 +8,37 @@ comma  := ,
 EXTRAS ?= cpu,test
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install demo test bench clean
+# make train DATASET=ironman [MODEL=preset GPUS=2 STAGE=z3 LAUNCHER=deepspeed]
+DATASET ?= ironman
+RUN_DIR ?= runs/$(DATASET)
+TRAIN_OPTS = $(if $(MODEL),--preset $(MODEL)) $(if $(GPUS),--gpus $(GPUS)) $(if $(STAGE),--zero-stage $(STAGE)) $(if $(LAUNCHER),--launcher $(LAUNCHER))
+
+.PHONY: install demo train test bench clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]"
+	@# The tests lint every rendered script with Debian's shellcheck.
+	command -v shellcheck > /dev/null || apt-get install -y -q shellcheck > /dev/null \
+		|| (apt-get update -q > /dev/null && apt-get install -y -q shellcheck > /dev/null) \
+		|| echo "warning: could not install shellcheck (apt-get install shellcheck as root)"
 	touch $@
 
+# The generated launcher, end to end, on CPU: 2 gloo processes, ZeRO-3, the tiny local model.
 demo: install
 	$(BIN)/lfx tiny-model llama3 runs/demo/tiny-llama3
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/lfx train launch/demo.yaml --nproc-per-node 2
-	$(BIN)/lfx templates show llama3-persona --tokenizer runs/demo/ironman-lora
+	$(BIN)/lfx render launch/demo.yaml -o runs/demo/run
+	PATH="$(abspath $(BIN)):$$PATH" LFX_DEVICE=cpu MIN_FREE_DISK_GB=1 runs/demo/run/train_sft.sh
+	$(BIN)/lfx templates show llama3-persona --tokenizer runs/demo/run/output
 	@echo "Demo done. LoRA adapter, tokenizer with the persona chat template, loss log and plot:"
-	@echo "  runs/demo/ironman-lora/ (adapter_model.safetensors, chat_template.jinja, trainer_log.jsonl, training_loss.png)"
+	@echo "  runs/demo/run/output/ (adapter_model.safetensors, chat_template.jinja, trainer_log.jsonl, training_loss.png)"
+
+train: install
+	$(BIN)/lfx render launch/$(DATASET).yaml -o $(RUN_DIR) $(TRAIN_OPTS)
+	@if command -v nvidia-smi > /dev/null 2>&1; then PATH="$(abspath $(BIN)):$$PATH" $(RUN_DIR)/train_sft.sh; \
+	else echo "No GPU here: rendered $(RUN_DIR)/train_sft.sh; run it on a GPU pod (or LFX_DEVICE=cpu for a CPU smoke run)."; fi
 
 test: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest tests

@@ -137,11 +137,21 @@ def train(config, overrides, nproc_per_node):
 @click.argument("recipe", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Run folder to write (e.g. runs/ironman).")
-def render(recipe, out_dir):
+@click.option("--preset", default=None, help="Model preset from launch/presets.yaml instead of the recipe's.")
+@click.option("--gpus", type=int, default=None, help="GPUs per node.")
+@click.option("--nodes", type=int, default=None, help="Nodes.")
+@click.option("--zero-stage", default=None, help="DeepSpeed ZeRO stage: 0, 2, 3, or z0/z2/z3.")
+@click.option("--launcher", default=None, help="deepspeed or torchrun.")
+def render(recipe, out_dir, preset, gpus, nodes, zero_stage, launcher):
     """Render RECIPE (launch/*.yaml) into a run folder with train_sft.sh."""
     from .render import render as render_run
 
-    for path in render_run(recipe, out_dir):
+    launch = {"gpus": gpus, "nodes": nodes, "launcher": launcher}
+    if zero_stage is not None:
+        stage = zero_stage.lower().removeprefix("z")
+        launch["zero_stage"] = int(stage) if stage.isdigit() else zero_stage
+    launch = {k: v for k, v in launch.items() if v is not None}
+    for path in render_run(recipe, out_dir, preset, launch):
         click.echo(f"wrote {path}")
     click.echo(f"run it with: {Path(out_dir) / 'train_sft.sh'} [--background]")
 

@@ -110,8 +110,11 @@ def _check_batch(where: str, args: dict[str, Any], launch: dict[str, Any]) -> No
         )
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read a recipe, apply its preset, and check it against LLaMA-Factory, our templates and datasets."""
+def load_recipe(path: str | Path, preset: str | None = None, launch: dict[str, Any] | None = None) -> Recipe:
+    """Read a recipe, apply its preset, and check it against LLaMA-Factory, our templates and datasets.
+
+    `preset` and `launch` override the file's (the Makefile's MODEL=, GPUS=, STAGE=, LAUNCHER=).
+    """
     from .datasets import load_entries
     from .train import _names
 
@@ -121,8 +124,10 @@ def load_recipe(path: str | Path) -> Recipe:
     if not isinstance(data, dict):
         raise LfxError(f"{where}: expected a mapping, got {type(data).__name__}")
     data = dict(data)
-    launch = _check_launch(where, data.pop("launch", {}))
-    preset_name = data.pop("preset", None)
+    block = data.pop("launch", {})
+    launch = _check_launch(where, {**block, **(launch or {})} if isinstance(block, dict) else block)
+    preset_name = preset or data.pop("preset", None)
+    data.pop("preset", None)
     if preset_name is not None:
         presets = read_yaml(PRESETS_FILE)
         if preset_name not in presets:

@@ -42,7 +42,7 @@ def _train_yaml(recipe: Recipe) -> str:
     return header + yaml.safe_dump(args, allow_unicode=True, sort_keys=False)
 
 
-def render(recipe_path: str | Path, out_dir: str | Path) -> list[Path]:
+def render(recipe_path: str | Path, out_dir: str | Path, preset: str | None = None, launch: dict | None = None) -> list[Path]:
     """Render `recipe_path` into `out_dir`; returns the files written."""
     from .datasets import register_datasets
     from .train import _names
@@ -51,7 +51,7 @@ def render(recipe_path: str | Path, out_dir: str | Path) -> list[Path]:
     for name in SOURCE_DIRS:
         if out == (REPO_ROOT / name).resolve() or (REPO_ROOT / name).resolve() in out.parents:
             raise LfxError(f"{out_dir}: generated files never go next to sources (use runs/...)")
-    recipe = load_recipe(recipe_path)
+    recipe = load_recipe(recipe_path, preset, launch)
     script = _environment().get_template("train_sft.sh.j2").render(
         recipe_path=recipe.path.name,
         run_name=recipe.name,

@@ -1,0 +1,150 @@
+"""Recipes rendered into run folders, and the generated train_sft.sh run for real on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import BIN, REPO, lfx, snapshot
+
+FAKE_TOKEN = "hf_FakeTokenForTests0123456789abcdefghij"
+
+
+def _render(recipe: Path, out: Path, *extra: str):
+    return lfx("render", str(recipe), "-o", str(out), *extra, env={"HF_TOKEN": FAKE_TOKEN})
+
+
+@pytest.mark.parametrize("name", ["ironman", "eco_multitask", "demo"])
+def test_recipes_render_byte_identically_and_pass_shellcheck(name, tmp_path):
+    out = tmp_path / name
+    assert _render(REPO / "launch" / f"{name}.yaml", out).exit_code == 0
+    first = snapshot(out)
+    assert set(first) >= {"train.yaml", "ds_config.json", "train_sft.sh", "data/dataset_info.json"}
+    assert _render(REPO / "launch" / f"{name}.yaml", out).exit_code == 0
+    assert snapshot(out) == first
+    assert os.access(out / "train_sft.sh", os.X_OK)
+    proc = subprocess.run(["shellcheck", str(out / "train_sft.sh")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
+    assert all(FAKE_TOKEN.encode() not in data for data in first.values())
+
+
+def test_ironman_recipe_is_the_seed_run(tmp_path):
+    assert _render(REPO / "launch" / "ironman.yaml", tmp_path).exit_code == 0
+    args = yaml.safe_load((tmp_path / "train.yaml").read_text(encoding="utf-8"))
+    assert args["template"] == "llama3-persona" and args["lora_target"] == "all"
+    assert (args["per_device_train_batch_size"], args["gradient_accumulation_steps"]) == (4, 4)
+    assert (args["learning_rate"], args["num_train_epochs"], args["lr_scheduler_type"]) == (1e-4, 10.0, "cosine")
+    assert args["bf16"] is True
+    ds = json.loads((tmp_path / "ds_config.json").read_text())
+    assert ds["zero_optimization"]["stage"] == 3
+    script = (tmp_path / "train_sft.sh").read_text()
+    assert 'NPROC_PER_NODE="${NPROC_PER_NODE:-2}"' in script and 'LAUNCHER="${LAUNCHER:-deepspeed}"' in script
+
+
+BAD_RECIPES = {
+    "unknown_llamafactory_key": ("learning_rte: 1.0e-4\n", "unknown key 'learning_rte': not a LLaMA-Factory argument (did you mean 'learning_rate'?)"),
+    "unknown_template": ("template: llama3-persnoa\n", "field 'template': unknown template 'llama3-persnoa'"),
+    "unknown_dataset": ("dataset: ironmen\n", "field 'dataset': unknown dataset 'ironmen'"),
+    "unknown_stage": ("launch: {zero_stage: 4}\n", "field 'launch.zero_stage': 4 is not one of 0, 2, 3"),
+    "unknown_launcher": ("launch: {launcher: mpirun}\n", "field 'launch.launcher': 'mpirun' is not one of"),
+    "batch_does_not_divide": ("launch: {gpus: 2, global_batch_size: 30}\n", "30 does not divide"),
+    "zero_gpus": ("launch: {gpus: 0}\n", "field 'launch.gpus': expected a positive integer"),
+    "bad_hub_repo": ("launch: {hub_repo: just-a-name}\n", "is not USER/NAME"),
+    "unknown_preset": ("preset: llama9\n", "unknown preset 'llama9'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_RECIPES))
+def test_bad_recipe_is_one_line_exit_2_and_run_folder_untouched(case, tmp_path):
+    text, message = BAD_RECIPES[case]
+    base = yaml.safe_load((REPO / "launch" / "demo.yaml").read_text(encoding="utf-8"))
+    base.update(yaml.safe_load(text))
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(yaml.safe_dump(base, allow_unicode=True), encoding="utf-8")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = _render(recipe, out)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert snapshot(out) == {"keep.txt": b"mine"}
+
+
+def test_render_refuses_to_write_next_to_sources():
+    result = lfx("render", str(REPO / "launch" / "demo.yaml"), "-o", str(REPO / "launch" / "out"))
+    assert result.exit_code == 2 and "never go next to sources" in result.stderr
+    assert not (REPO / "launch" / "out").exists()
+
+
+def _run_script(run: Path, env_extra: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "LFX_DEVICE": "cpu",
+           "MIN_FREE_DISK_GB": "1", "HF_TOKEN": FAKE_TOKEN, "PYTHONUNBUFFERED": "1", **(env_extra or {})}  # fmt: skip
+    proc = subprocess.run([str(run / "train_sft.sh")], env=env, capture_output=True, text=True, timeout=timeout)
+    (run / "script.log").write_text(proc.stdout + proc.stderr)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def tiny_recipe(tiny_llama3, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("recipe")
+    recipe = yaml.safe_load((REPO / "launch" / "demo.yaml").read_text(encoding="utf-8"))
+    recipe.pop("preset")
+    recipe.update(model_name_or_path=str(tiny_llama3), template="llama3-persona", lora_target="all",
+                  max_steps=4, save_steps=2, gradient_accumulation_steps=1)  # fmt: skip
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "deepspeed"])
+def test_generated_script_trains_zero3_on_2_processes(launcher, tiny_recipe, tmp_path):
+    run = tmp_path / "run"
+    assert _render(tiny_recipe, run, "--launcher", launcher).exit_code == 0
+    proc = _run_script(run)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    out = run / "output"
+    assert (out / "adapter_model.safetensors").is_file()
+    log = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
+    assert log[-1]["current_steps"] == 4
+    assert FAKE_TOKEN not in (run / "script.log").read_text()
+    assert all(FAKE_TOKEN.encode() not in data for data in snapshot(run).values())
+
+
+def test_generated_script_resumes_from_newest_checkpoint(tiny_recipe, tmp_path):
+    run = tmp_path / "run"
+    assert _render(tiny_recipe, run, "--launcher", "torchrun").exit_code == 0
+    assert _run_script(run).returncode == 0
+    out = run / "output"
+    # Simulate a run stopped after its first checkpoint: keep checkpoint-2 only.
+    for item in out.iterdir():
+        if item.name != "checkpoint-2":
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
+    proc = _run_script(run)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert f"resuming from {out}/checkpoint-2" in proc.stdout
+    log = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
+    assert [entry["current_steps"] for entry in log if "loss" in entry] == [3, 4]
+    assert (out / "checkpoint-4").is_dir()
+
+
+def test_script_preflight_refuses_missing_gpus_before_launch(tiny_recipe, tmp_path):
+    run = tmp_path / "run"
+    assert _render(tiny_recipe, run).exit_code == 0
+    proc = _run_script(run, {"LFX_DEVICE": "cuda", "PATH": f"{BIN}{os.pathsep}/usr/bin:/bin"})
+    assert proc.returncode == 2
+    assert "no GPU visible" in proc.stderr
+    assert not (run / "output" / "trainer_log.jsonl").exists()
+
+
+def test_upload_without_token_is_refused_before_launch(tiny_recipe, tmp_path):
+    run = tmp_path / "run"
+    assert _render(tiny_recipe, run).exit_code == 0
+    env = {"UPLOAD": "1", "HF_TOKEN": "", "HF_HOME": str(tmp_path / "hf")}
+    proc = _run_script(run, env)
+    assert proc.returncode == 2 and "UPLOAD=1 but the recipe names no launch.hub_repo" in proc.stderr
