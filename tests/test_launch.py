@@ -148,3 +148,25 @@ def test_upload_without_token_is_refused_before_launch(tiny_recipe, tmp_path):
     env = {"UPLOAD": "1", "HF_TOKEN": "", "HF_HOME": str(tmp_path / "hf")}
     proc = _run_script(run, env)
     assert proc.returncode == 2 and "UPLOAD=1 but the recipe names no launch.hub_repo" in proc.stderr
+
+
+def test_generated_script_two_node_rendezvous_on_loopback(tiny_recipe, tmp_path):
+    """Two invocations, NODE_RANK 0 and 1, one process each, meeting on 127.0.0.1."""
+    import socket
+
+    run = tmp_path / "run"
+    assert _render(tiny_recipe, run, "--launcher", "torchrun", "--nodes", "2", "--gpus", "1").exit_code == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "LFX_DEVICE": "cpu",
+           "MIN_FREE_DISK_GB": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    nodes = [
+        subprocess.Popen([str(run / "train_sft.sh")], env={**env, "NODE_RANK": str(rank), "OUTPUT_ROOT": str(tmp_path / f"node{rank}")},
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        for rank in (0, 1)
+    ]
+    logs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert "world size: 2" in logs[0]
+    assert (tmp_path / "node0" / "output" / "adapter_model.safetensors").is_file()
