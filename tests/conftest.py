@@ -95,22 +95,23 @@ def ironman_run(tiny_llama3, tmp_path_factory):
     return {"out": out, "config": config, "adapter": Path(config["output_dir"]), "log": proc.stdout + proc.stderr}
 
 
+def _private_copy(name: str, env: str, tmp_path: Path, monkeypatch) -> Path:
+    folder = tmp_path / name
+    shutil.copytree(REPO / name, folder)
+    monkeypatch.setenv(env, str(folder))
+    return folder
+
+
 @pytest.fixture
 def data_copy(tmp_path, monkeypatch) -> Path:
     """A private copy of datasets/ that a test may break."""
-    folder = tmp_path / "datasets"
-    shutil.copytree(REPO / "datasets", folder)
-    monkeypatch.setenv("LFX_DATASETS_DIR", str(folder))
-    return folder
+    return _private_copy("datasets", "LFX_DATASETS_DIR", tmp_path, monkeypatch)
 
 
 @pytest.fixture
 def templates_copy(tmp_path, monkeypatch) -> Path:
     """A private copy of templates/ that a test may break."""
-    folder = tmp_path / "templates"
-    shutil.copytree(REPO / "templates", folder)
-    monkeypatch.setenv("LFX_TEMPLATES_DIR", str(folder))
-    return folder
+    return _private_copy("templates", "LFX_TEMPLATES_DIR", tmp_path, monkeypatch)
 
 
 def write_json(path: Path, data) -> None:
