@@ -156,6 +156,21 @@ def render(recipe, out_dir, preset, gpus, nodes, zero_stage, launcher):
     click.echo(f"run it with: {Path(out_dir) / 'train_sft.sh'} [--background]")
 
 
+@main.command()
+@click.argument("adapter_dir", type=click.Path(file_okay=False))
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(), help="Folder for the merged model.")
+@click.option("--base", default=None, help="Base model folder or Hub id (default: the adapter's base_model_name_or_path).")
+@click.option("--template", default=None, help="Chat template to bake in (default: the run's, from lfx_run.json).")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--ignore-base-name", is_flag=True, help="Accept a --base whose name differs from the adapter's base.")
+def merge(adapter_dir, out_dir, base, template, force, ignore_base_name):
+    """Merge a LoRA adapter (a run's output or a checkpoint-N) into its base model, shard by shard."""
+    from .merge import merge as merge_adapter
+
+    out = merge_adapter(adapter_dir, out_dir, base, force=force, template=template, ignore_base_name=ignore_base_name)
+    click.echo(f"merged model written to {out}")
+
+
 @main.command("tiny-model")
 @click.argument("family", type=click.Choice(["llama3", "qwen2"]))
 @click.argument("out_dir", type=click.Path(file_okay=False))

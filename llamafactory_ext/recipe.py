@@ -146,6 +146,12 @@ def load_recipe(path: str | Path, preset: str | None = None, launch: dict[str, A
     for key in ("deepspeed", "output_dir", "dataset_dir"):
         if key in data:
             raise LfxError(f"{where}: field '{key}': set by the launcher, remove it (use launch.zero_stage)")
+    if data.get("save_only_model"):
+        raise LfxError(f"{where}: field 'save_only_model': checkpoints without optimizer state cannot resume; "
+                       "train_sft.sh resumes from the newest checkpoint (remove it)")
+    if data.get("overwrite_output_dir"):
+        raise LfxError(f"{where}: field 'overwrite_output_dir': would discard the checkpoints train_sft.sh "
+                       "resumes from (remove it; delete the output folder to start over)")
     _check_batch(where, data, launch)
 
     from llamafactory.data.template import TEMPLATES

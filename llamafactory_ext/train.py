@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from .datasets import INFO_FILE, load_entries, register_datasets
 from .errors import LfxError
-from .files import read_json, read_yaml
+from .files import atomic_write_text, dump_json, read_json, read_yaml
 from .paths import datasets_dir
 
 USAGE = "usage: python -m llamafactory_ext.train CONFIG.yaml [key=value ...]"
@@ -96,6 +97,33 @@ def prepare(config: dict[str, Any], config_path: str = "config") -> dict[str, An
     return config
 
 
+SECRET_KEY = re.compile(r"(^|_)(token|secret|password)$")
+RUN_RECORD = "lfx_run.json"
+
+
+def write_run_record(config: dict[str, Any]) -> Path | None:
+    """Rank 0 writes what `lfx merge` and the model card need into output_dir: the run's arguments
+    (secrets dropped) and its template's system prompt and stop words."""
+    if int(os.environ.get("RANK", "0")) != 0 or not config.get("output_dir"):
+        return None
+    from llamafactory_ext import __version__
+
+    from .templates import get_template
+
+    record: dict[str, Any] = {"lfx_version": __version__}
+    record["args"] = {k: v for k, v in config.items() if not SECRET_KEY.search(k)}
+    if config.get("template"):
+        template = get_template(config["template"])
+        record["template"] = {
+            "name": config["template"],
+            "default_system": template.default_system,
+            "stop_words": list(template.stop_words),
+        }
+    path = Path(config["output_dir"]) / RUN_RECORD
+    atomic_write_text(path, dump_json(record))
+    return path
+
+
 def _finish() -> None:
     """Tear down cleanly. Under a multi-process launcher, exit right away once everything is flushed:
     measured here, interpreter teardown after a gloo run under the deepspeed launcher died with SIGABRT."""
@@ -114,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path, overrides = split_argv(sys.argv[1:] if argv is None else argv)
         config = prepare(load_config(path, overrides), path)
+        write_run_record(config)
     except LfxError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

@@ -56,6 +56,8 @@ BAD_RECIPES = {
     "zero_gpus": ("launch: {gpus: 0}\n", "field 'launch.gpus': expected a positive integer"),
     "bad_hub_repo": ("launch: {hub_repo: just-a-name}\n", "is not USER/NAME"),
     "unknown_preset": ("preset: llama9\n", "unknown preset 'llama9'"),
+    "save_only_model_cannot_resume": ("save_only_model: true\n", "field 'save_only_model': checkpoints without optimizer state"),
+    "overwrite_output_dir": ("overwrite_output_dir: true\n", "field 'overwrite_output_dir': would discard the checkpoints"),
 }
 
 

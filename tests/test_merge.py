@@ -1,0 +1,254 @@
+"""lfx merge against peft's own merge_and_unload, on the tiny models and a real ZeRO-3 run's adapter."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import lfx, snapshot
+
+PROMPT = [{"role": "user", "content": "토니, 소코비아 협정에 대해 어떻게 생각하나요?"}]
+ANSWER = {"role": "assistant", "content": "서명했죠. 고삐가 필요하다는 건 인정하니까요."}
+
+
+def _logits(model_dir: Path, ids: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+    with torch.no_grad():
+        return model(ids).logits.float()
+
+
+def _peft_logits(base: Path, adapter: Path, ids: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """The seed's approach: load, PeftModel.merge_and_unload()."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype), str(adapter))
+    model = model.merge_and_unload()
+    with torch.no_grad():
+        return model(ids).logits.float()
+
+
+def _ids(model_dir: Path) -> torch.Tensor:
+    vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
+    return (torch.arange(7, 7 + 48) * 37 % vocab).unsqueeze(0)
+
+
+def _make_adapter(base: Path, out: Path, *, perturb_saved: bool = False, **lora) -> Path:
+    """A peft LoRA adapter with random (non-zero) A and B, as peft itself writes it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    config = LoraConfig(task_type="CAUSAL_LM", init_lora_weights=False, **lora)
+    model = get_peft_model(model, config)
+    if perturb_saved:  # modules_to_save: make the trained copy differ from the base
+        for name, param in model.named_parameters():
+            if "modules_to_save" in name:
+                param.data += 0.05 * torch.randn_like(param)
+    model.save_pretrained(str(out))
+    return out
+
+
+def _resave(base: Path, out: Path, dtype, shard: str) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype).save_pretrained(str(out), max_shard_size=shard)
+    AutoTokenizer.from_pretrained(str(base)).save_pretrained(str(out))
+    return out
+
+
+def test_merge_of_a_zero3_run_equals_peft_and_keeps_the_persona(ironman_run, tiny_llama3, tmp_path):
+    from llamafactory.data.template import TEMPLATES  # noqa: F401 (registers LLaMA-Factory's templates)
+    from transformers import AutoTokenizer
+
+    from llamafactory_ext.templates import get_template
+
+    # A base like Llama-3 (not Instruct) whose generation config stops at <|end_of_text|> only.
+    base = tmp_path / "base"
+    shutil.copytree(tiny_llama3, base)
+    tok = AutoTokenizer.from_pretrained(str(base))
+    end_of_text = tok.convert_tokens_to_ids("<|end_of_text|>")
+    eot = tok.convert_tokens_to_ids("<|eot_id|>")
+    (base / "generation_config.json").write_text(json.dumps({"bos_token_id": tok.bos_token_id, "eos_token_id": end_of_text}))
+
+    out = tmp_path / "merged"
+    result = lfx("merge", str(ironman_run["adapter"]), "-o", str(out), "--base", str(base), "--ignore-base-name")
+    assert result.exit_code == 0, result.output
+    ids = _ids(base)
+    torch.testing.assert_close(_logits(out, ids), _peft_logits(base, ironman_run["adapter"], ids), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(_logits(out, ids), _logits(base, ids), atol=1e-4)  # the adapter did something
+
+    gen = json.loads((out / "generation_config.json").read_text())
+    assert set(gen["eos_token_id"]) == {end_of_text, eot}
+    record = json.loads((out / "lfx_merge.json").read_text())
+    assert record["template"] == "llama3-persona"  # read from the run's lfx_run.json
+    assert (out / "training_loss.png").is_file() is (ironman_run["adapter"] / "training_loss.png").is_file()
+
+    # The merged tokenizer's chat template reproduces the training prompt, token for token.
+    merged_tok = AutoTokenizer.from_pretrained(str(out))
+    template = get_template("llama3-persona")
+    prompt_ids, response_ids = template.encode_oneturn(merged_tok, [*PROMPT, ANSWER])
+    assert merged_tok.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True, return_dict=False) == prompt_ids
+    full = merged_tok.apply_chat_template([*PROMPT, ANSWER], tokenize=True, return_dict=False)
+    assert full == prompt_ids + response_ids
+    assert "토니 스타크" in merged_tok.chat_template and merged_tok.eos_token == "<|eot_id|>"
+
+
+def test_merge_of_a_checkpoint_written_under_zero3(ironman_run, tmp_path):
+    checkpoint = ironman_run["adapter"] / "checkpoint-4"
+    out = tmp_path / "merged"
+    result = lfx("merge", str(checkpoint), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    ids = _ids(out)
+    base = Path(ironman_run["config"]["model_name_or_path"])
+    torch.testing.assert_close(_logits(out, ids), _peft_logits(base, checkpoint, ids), atol=1e-5, rtol=1e-5)
+    assert json.loads((out / "lfx_merge.json").read_text())["template"] == "llama3-persona"
+
+
+LORA_VARIANTS = {
+    "plain": dict(r=8, lora_alpha=16, target_modules="all-linear"),
+    "rslora_and_patterns": dict(r=8, lora_alpha=16, use_rslora=True, target_modules="all-linear",
+                                rank_pattern={"q_proj": 4, r"layers\.1\.mlp\.down_proj": 2},
+                                alpha_pattern={"v_proj": 3, "up_proj": 40}),
+    "embedding_and_modules_to_save": dict(r=4, lora_alpha=8, target_modules=["embed_tokens", "q_proj", "v_proj"],
+                                          modules_to_save=["lm_head"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", sorted(LORA_VARIANTS))
+def test_merge_equals_peft_for_lora_variants(variant, tiny_llama3, tmp_path):
+    adapter = _make_adapter(tiny_llama3, tmp_path / "adapter", perturb_saved=True, **LORA_VARIANTS[variant])
+    out = tmp_path / "merged"
+    assert lfx("merge", str(adapter), "-o", str(out)).exit_code == 0
+    ids = _ids(tiny_llama3)
+    torch.testing.assert_close(_logits(out, ids), _peft_logits(tiny_llama3, adapter, ids), atol=1e-5, rtol=1e-5)
+
+
+def test_merge_of_a_sharded_bf16_qwen2_base_is_shard_by_shard(tiny_qwen2, tmp_path):
+    base = _resave(tiny_qwen2, tmp_path / "base", torch.bfloat16, "100KB")
+    shards = sorted(p.name for p in base.glob("*.safetensors"))
+    assert len(shards) > 3
+    adapter = _make_adapter(base, tmp_path / "adapter", r=8, lora_alpha=16, target_modules="all-linear")
+    out = tmp_path / "merged"
+    assert lfx("merge", str(adapter), "-o", str(out)).exit_code == 0
+    assert sorted(p.name for p in out.glob("*.safetensors")) == shards
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert index["weight_map"] == json.loads((base / "model.safetensors.index.json").read_text())["weight_map"]
+    assert index["metadata"]["total_size"] == sum(t.numel() * 2 for t in _state(out).values())
+    assert all(t.dtype == torch.bfloat16 for t in _state(out).values())
+    ids = _ids(base)
+    # bf16 storage: both round the merged weight to bf16 (peft adds in bf16, we add in fp32).
+    torch.testing.assert_close(_logits(out, ids, torch.bfloat16), _peft_logits(base, adapter, ids, torch.bfloat16),
+                               atol=3e-2, rtol=3e-2)  # fmt: skip
+    gen = json.loads((out / "generation_config.json").read_text())
+    assert "<|im_end|>" in [t for t in json.loads((out / "tokenizer_config.json").read_text()).values() if isinstance(t, str)]
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(str(out)).convert_tokens_to_ids("<|im_end|>") in _as_list(gen["eos_token_id"])
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _state(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    state = {}
+    for shard in folder.glob("*.safetensors"):
+        state.update(load_file(str(shard)))
+    return state
+
+
+# --- bad input: one line, exit 2, nothing half-written ------------------------------------------
+
+
+@pytest.fixture
+def adapter(tiny_llama3, tmp_path) -> Path:
+    return _make_adapter(tiny_llama3, tmp_path / "adapter", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+
+
+def _refused(args: list[str], message: str, watch: Path) -> None:
+    before = snapshot(watch)
+    result = lfx("merge", *args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert snapshot(watch) == before
+    assert not [p for p in watch.rglob(".*partial*")]
+
+
+def test_merge_refuses_dora(tiny_llama3, tmp_path):
+    dora = _make_adapter(tiny_llama3, tmp_path / "dora", r=4, target_modules=["q_proj"], use_dora=True)
+    _refused([str(dora), "-o", str(tmp_path / "out")], "field 'use_dora': lfx merge does not support DoRA", tmp_path)
+    assert not (tmp_path / "out").exists()
+
+
+def test_merge_refuses_a_base_of_another_name_or_shape(adapter, tiny_llama3, tiny_qwen2, tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    out = str(tmp_path / "out")
+    _refused([str(adapter), "-o", out, "--base", str(tiny_qwen2)], "adapter was trained on", tmp_path)
+    config = AutoConfig.from_pretrained(str(tiny_llama3))
+    config.hidden_size, config.intermediate_size = 32, 64
+    narrow = tmp_path / "narrow-llama3"
+    AutoModelForCausalLM.from_config(config).save_pretrained(str(narrow))
+    _refused([str(adapter), "-o", out, "--base", str(narrow), "--ignore-base-name"],
+             "adapter does not match base", tmp_path)  # fmt: skip
+
+
+def test_merge_refuses_missing_files(adapter, tiny_llama3, tmp_path):
+    out = str(tmp_path / "out")
+    _refused([str(tmp_path), "-o", out], "adapter_config.json: missing: not a LoRA adapter folder", tmp_path)
+    (adapter / "adapter_model.safetensors").rename(tmp_path / "moved.safetensors")
+    _refused([str(adapter), "-o", out], "adapter_model.safetensors: missing", tmp_path)
+    (tmp_path / "moved.safetensors").rename(adapter / "adapter_model.safetensors")
+    base = _resave(tiny_llama3, tmp_path / "sharded", torch.float32, "300KB")
+    shard = sorted(base.glob("*.safetensors"))[1]
+    shard.rename(tmp_path / "gone.safetensors")
+    _refused([str(adapter), "-o", out, "--base", str(base), "--ignore-base-name"], f"{shard.name}: missing shard", tmp_path)
+
+
+def test_merge_refuses_an_existing_output_unless_forced(adapter, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    _refused([str(adapter), "-o", str(out)], "already exists (pass --force", tmp_path)
+    assert lfx("merge", str(adapter), "-o", str(out), "--force").exit_code == 0
+    assert not (out / "mine.txt").exists() and (out / "model.safetensors").is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_merge_checks_free_disk_before_starting(adapter, tmp_path, monkeypatch):
+    import shutil as shutil_module
+
+    real = shutil_module.disk_usage
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda p: real(p)._replace(free=1000))
+    _refused([str(adapter), "-o", str(tmp_path / "out")], "GB free, the merged model needs", tmp_path)
+
+
+def test_interrupted_merge_leaves_no_half_model(tiny_llama3, tmp_path, monkeypatch):
+    from llamafactory_ext import merge as merge_module
+
+    base = _resave(tiny_llama3, tmp_path / "sharded", torch.float32, "100KB")
+    adapter = _make_adapter(base, tmp_path / "adapter", r=4, target_modules="all-linear")
+    calls = []
+
+    def interrupted(src, dst, adapter):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(src)
+        return real(src, dst, adapter)
+
+    real = merge_module._write_shard
+    monkeypatch.setattr(merge_module, "_write_shard", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        merge_module.merge(adapter, tmp_path / "out", progress=False)
+    assert calls and not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
