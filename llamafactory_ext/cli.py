@@ -171,6 +171,22 @@ def merge(adapter_dir, out_dir, base, template, force, ignore_base_name):
     click.echo(f"merged model written to {out}")
 
 
+@main.command()
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--repo", "repo_id", required=True, help="Hub repo USER/NAME.")
+@click.option("--private/--public", default=True, show_default=True, help="Visibility of a new repo.")
+@click.option("--adapter-only", is_flag=True, help="Push the LoRA adapter the merged FOLDER came from, not the merged weights.")
+@click.option("--dry-run", is_flag=True, help="Print what would go where, and the model card; send nothing.")
+def upload(folder, repo_id, private, adapter_only, dry_run):
+    """Push a merged model or a LoRA adapter FOLDER to the Hub with a model card.
+
+    The token comes from HF_TOKEN or 'hf auth login'; it is never printed.
+    """
+    from .upload import upload as push
+
+    push(folder, repo_id, private=private, adapter_only=adapter_only, dry_run=dry_run, echo=click.echo)
+
+
 @main.command("tiny-model")
 @click.argument("family", type=click.Choice(["llama3", "qwen2"]))
 @click.argument("out_dir", type=click.Path(file_okay=False))

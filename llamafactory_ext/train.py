@@ -112,6 +112,10 @@ def write_run_record(config: dict[str, Any]) -> Path | None:
 
     record: dict[str, Any] = {"lfx_version": __version__}
     record["args"] = {k: v for k, v in config.items() if not SECRET_KEY.search(k)}
+    record["world_size"] = int(os.environ.get("WORLD_SIZE", "1"))
+    deepspeed = config.get("deepspeed")
+    if isinstance(deepspeed, str) and Path(deepspeed).is_file():
+        record["zero_stage"] = (read_json(deepspeed).get("zero_optimization") or {}).get("stage", 0)
     if config.get("template"):
         template = get_template(config["template"])
         record["template"] = {

