@@ -187,6 +187,62 @@ def upload(folder, repo_id, private, adapter_only, dry_run):
     push(folder, repo_id, private=private, adapter_only=adapter_only, dry_run=dry_run, echo=click.echo)
 
 
+@main.command()
+@click.argument("model_path", metavar="MODEL_OR_ADAPTER")
+@click.option("-m", "--message", "messages", multiple=True, help="Say this and exit (repeatable) instead of an interactive chat.")
+@click.option("--system", default=None, help="System prompt instead of the one in the chat template.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0: greedy.")
+@click.option("--show-prompt", is_flag=True, help="Print the templated prompt before each answer.")
+def chat(model_path, messages, system, max_new_tokens, temperature, show_prompt):
+    """Chat with a merged model or an adapter through its saved chat template (empty line or Ctrl-D ends)."""
+    from .chat import load, prompt_text, reply
+
+    model, tokenizer = load(model_path)
+    history = [{"role": "system", "content": system}] if system else []
+    interactive = not messages
+    queue = list(messages)
+    while True:
+        if interactive:
+            try:
+                text = click.prompt("you", default="", show_default=False, prompt_suffix="> ")
+            except (EOFError, click.Abort):
+                break
+        else:
+            if not queue:
+                break
+            text = queue.pop(0)
+        if not text.strip():
+            break
+        history.append({"role": "user", "content": text})
+        if show_prompt:
+            click.echo(prompt_text(tokenizer, history))
+        answer = reply(model, tokenizer, history, max_new_tokens, temperature)
+        history.append({"role": "assistant", "content": answer})
+        click.echo(f"assistant> {answer}")
+
+
+@main.command()
+@click.option("--before", required=True, help="The base model (folder or Hub id in the cache).")
+@click.option("--after", required=True, help="The fine-tuned model: a merged folder or an adapter.")
+@click.option("--prompts", "prompts_file", required=True, type=click.Path(dir_okay=False),
+              help="Prompts: a text file (one per line) or a JSON list / alpaca records.")
+@click.option("-o", "--out", "out_file", type=click.Path(dir_okay=False), default=None, help="Write the Markdown here.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
+def compare(before, after, prompts_file, out_file, max_new_tokens):
+    """Answer PROMPTS with the model before and after fine-tuning; print a Markdown table."""
+    from .chat import compare as compare_models
+    from .chat import read_prompts
+    from .files import atomic_write_text
+
+    table = compare_models(before, after, read_prompts(prompts_file), max_new_tokens)
+    if out_file:
+        atomic_write_text(out_file, table)
+        click.echo(f"wrote {out_file}")
+    else:
+        click.echo(table, nl=False)
+
+
 @main.command("tiny-model")
 @click.argument("family", type=click.Choice(["llama3", "qwen2"]))
 @click.argument("out_dir", type=click.Path(file_okay=False))

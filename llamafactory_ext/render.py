@@ -1,5 +1,5 @@
 """Render a recipe into a self-contained run folder: train.yaml (LLaMA-Factory arguments),
-ds_config.json, data/ (dataset_info.json and the data files) and train_sft.sh.
+ds_config.json, data/ (dataset_info.json and the data files), train_sft.sh and merge_upload.sh.
 
 Everything is validated and rendered in memory first; then each file is written atomically.
 Rendering twice gives byte-identical files.
@@ -15,6 +15,7 @@ from .files import atomic_write_text
 from .paths import REPO_ROOT
 from .recipe import Recipe, load_recipe
 
+SCRIPTS = ("train_sft.sh", "merge_upload.sh")
 SOURCE_DIRS = ("llamafactory_ext", "templates", "datasets", "deepspeed_configs", "launch", "tests")
 
 
@@ -52,17 +53,13 @@ def render(recipe_path: str | Path, out_dir: str | Path, preset: str | None = No
         if out == (REPO_ROOT / name).resolve() or (REPO_ROOT / name).resolve() in out.parents:
             raise LfxError(f"{out_dir}: generated files never go next to sources (use runs/...)")
     recipe = load_recipe(recipe_path, preset, launch)
-    script = _environment().get_template("train_sft.sh.j2").render(
-        recipe_path=recipe.path.name,
-        run_name=recipe.name,
-        repo_dir=str(REPO_ROOT),
-        launch=recipe.launch,
-        min_free_disk_gb=20,
-    )
+    env = _environment()
+    context = {"recipe_path": recipe.path.name, "run_name": recipe.name, "repo_dir": str(REPO_ROOT),
+               "launch": recipe.launch, "min_free_disk_gb": 20}  # fmt: skip
     files = {
         "train.yaml": _train_yaml(recipe),
         "ds_config.json": recipe.deepspeed_config.read_text(encoding="utf-8"),
-        "train_sft.sh": script,
+        **{name: env.get_template(f"{name}.j2").render(**context) for name in SCRIPTS},
     }
     out.mkdir(parents=True, exist_ok=True)
     datasets = _names(recipe.args["dataset"]) + _names(recipe.args.get("eval_dataset"))
@@ -73,5 +70,6 @@ def render(recipe_path: str | Path, out_dir: str | Path, preset: str | None = No
         if not path.exists() or path.read_text(encoding="utf-8") != text:
             atomic_write_text(path, text)
         written.append(path)
-    (out / "train_sft.sh").chmod(0o755)
+    for name in SCRIPTS:
+        (out / name).chmod(0o755)
     return written

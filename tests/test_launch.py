@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import BIN, FAKE_TOKEN, REPO, lfx, snapshot
+from hub_standin import HubStandin
 
 
 
@@ -23,12 +24,13 @@ def test_recipes_render_byte_identically_and_pass_shellcheck(name, tmp_path):
     out = tmp_path / name
     assert _render(REPO / "launch" / f"{name}.yaml", out).exit_code == 0
     first = snapshot(out)
-    assert set(first) >= {"train.yaml", "ds_config.json", "train_sft.sh", "data/dataset_info.json"}
+    assert set(first) >= {"train.yaml", "ds_config.json", "train_sft.sh", "merge_upload.sh", "data/dataset_info.json"}
     assert _render(REPO / "launch" / f"{name}.yaml", out).exit_code == 0
     assert snapshot(out) == first
-    assert os.access(out / "train_sft.sh", os.X_OK)
-    proc = subprocess.run(["shellcheck", str(out / "train_sft.sh")], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout
+    for script in ("train_sft.sh", "merge_upload.sh"):
+        assert os.access(out / script, os.X_OK)
+        proc = subprocess.run(["shellcheck", str(out / script)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout
     assert all(FAKE_TOKEN.encode() not in data for data in first.values())
 
 
@@ -104,15 +106,27 @@ def tiny_recipe(tiny_llama3, tmp_path_factory):
 
 
 @pytest.mark.parametrize("launcher", ["torchrun", "deepspeed"])
-def test_generated_script_trains_zero3_on_2_processes(launcher, tiny_recipe, tmp_path):
+def test_generated_script_trains_zero3_on_2_processes_then_merges_and_uploads(launcher, tiny_recipe, tmp_path):
+    """torchrun: train, merge, upload to a local stand-in Hub server; deepspeed: train and merge."""
     run = tmp_path / "run"
     assert _render(tiny_recipe, run, "--launcher", launcher).exit_code == 0
-    proc = _run_script(run)
+    with HubStandin() as hub:
+        after = {"MERGE": "1"}
+        if launcher == "torchrun":
+            after = {"UPLOAD": "1", "HUB_REPO": "tony/tiny-ironman", "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0",
+                     "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}  # fmt: skip
+        proc = _run_script(run, after)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     out = run / "output"
     assert (out / "adapter_model.safetensors").is_file()
     log = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
     assert log[-1]["current_steps"] == 4
+    merged = run / "merged"
+    assert (merged / "model.safetensors").is_file() and "토니 스타크" in (merged / "chat_template.jinja").read_text()
+    if launcher == "torchrun":
+        files = hub.repos["tony/tiny-ironman"]["files"]
+        assert files["model.safetensors"] == (merged / "model.safetensors").read_bytes()
+        assert "llama3-persona" in files["README.md"].decode()
     assert FAKE_TOKEN not in (run / "script.log").read_text()
     assert all(FAKE_TOKEN.encode() not in data for data in snapshot(run).values())
 
@@ -148,7 +162,7 @@ def test_upload_without_token_is_refused_before_launch(tiny_recipe, tmp_path):
     assert _render(tiny_recipe, run).exit_code == 0
     env = {"UPLOAD": "1", "HF_TOKEN": "", "HF_HOME": str(tmp_path / "hf")}
     proc = _run_script(run, env)
-    assert proc.returncode == 2 and "UPLOAD=1 but the recipe names no launch.hub_repo" in proc.stderr
+    assert proc.returncode == 2 and "UPLOAD=1 but no Hub repo: set launch.hub_repo" in proc.stderr
 
 
 def test_generated_script_two_node_rendezvous_on_loopback(tiny_recipe, tmp_path):
