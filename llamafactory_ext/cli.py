@@ -243,6 +243,35 @@ def compare(before, after, prompts_file, out_file, max_new_tokens):
         click.echo(table, nl=False)
 
 
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--preset", default=None, help="Model preset from launch/presets.yaml instead of the recipe's.")
+@click.option("--gpu-type", default=None, help="Target GPU type from launch/gpus.yaml (bf16 support).")
+@click.option("--max-cut", type=click.FloatRange(0, 1), default=0.01, show_default=True,
+              help="Warn when more than this share of samples is cut at cutoff_len.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--strict", is_flag=True, help="Exit 1 when there are warnings.")
+def check(recipe, preset, gpu_type, max_cut, as_json, strict):
+    """Validate a run (recipe, datasets, templates, tokenizer, token lengths, labels) without a GPU.
+
+    Exit status: 0 clean (or warnings only), 1 warnings under --strict, 2 errors.
+    """
+    from .check import check as run_check
+    from .check import render_report
+
+    if not Path(recipe).is_file():
+        raise LfxError(f"{recipe}: file not found")
+    report = run_check(recipe, preset=preset, gpu=gpu_type, max_cut_share=max_cut)
+    if as_json:
+        click.echo(report.to_json())
+    else:
+        from rich.console import Console
+
+        render_report(report, Console(highlight=False))
+    if strict and report.warnings:
+        sys.exit(1)
+
+
 @main.command("tiny-model")
 @click.argument("family", type=click.Choice(["llama3", "qwen2"]))
 @click.argument("out_dir", type=click.Path(file_okay=False))

@@ -20,6 +20,7 @@ from typing import Any
 
 from .errors import LfxError
 from .files import atomic_write_text, dump_json, read_json, readable
+from .shards import DTYPE_BYTES, Header, ShardWriter, read_header, read_tensor, torch_dtype
 
 ADAPTER_CONFIG = "adapter_config.json"
 INDEX = "model.safetensors.index.json"
@@ -178,27 +179,15 @@ def base_weight_map(base: Path) -> dict[str, str]:
                 raise LfxError(f"{base / shard}: missing shard listed in {INDEX}")
         return weight_map
     if (base / SINGLE).is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(base / SINGLE), framework="pt") as f:
-            return {key: SINGLE for key in f.keys()}
+        return {entry.name: SINGLE for entry in read_header(base / SINGLE).entries}
     if any(base.glob("*.bin")):
         raise LfxError(f"{base}: only PyTorch .bin weights; save the base with safe_serialization=True first")
     raise LfxError(f"{base}: no model.safetensors or {INDEX}")
 
 
 def _base_shapes(base: Path, weight_map: dict[str, str], keys: set[str]) -> dict[str, tuple[int, ...]]:
-    from safetensors import safe_open
-
-    shapes: dict[str, tuple[int, ...]] = {}
-    by_shard: dict[str, list[str]] = {}
-    for key in keys:
-        by_shard.setdefault(weight_map[key], []).append(key)
-    for shard, shard_keys in by_shard.items():
-        with safe_open(str(base / shard), framework="pt") as f:
-            for key in shard_keys:
-                shapes[key] = tuple(f.get_slice(key).get_shape())
-    return shapes
+    headers = {shard: read_header(base / shard) for shard in {weight_map[k] for k in keys}}
+    return {key: headers[weight_map[key]].shape(key) for key in keys}
 
 
 def _name(path_or_id: str) -> str:
@@ -253,41 +242,34 @@ def _merge_tensor(weight, pair: LoraPair):
     return merged.to(weight.dtype)
 
 
+def _layout(header: Header, adapter: Adapter) -> list[tuple[str, str, tuple[int, ...]]]:
+    """Names, dtypes and shapes of the merged shard: the base's, with modules_to_save shapes."""
+    return [(e.name, e.dtype, tuple(adapter.full[e.name].shape) if e.name in adapter.full else e.shape)
+            for e in header.entries]  # fmt: skip
+
+
 def _write_shard(src: Path, dst: Path, adapter: Adapter) -> int:
-    """Merge one shard into `dst`; returns its tensor bytes."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    tensors = {}
-    with safe_open(str(src), framework="pt") as f:
-        metadata = f.metadata() or {}
-        for key in f.keys():
-            tensor = f.get_tensor(key)
-            if key in adapter.full:
-                tensor = adapter.full[key].to(tensor.dtype).contiguous()
-            if key in adapter.pairs:
-                tensor = _merge_tensor(tensor, adapter.pairs[key])
-            tensors[key] = tensor
-    save_file(tensors, str(dst), metadata={**metadata, "format": "pt"})
-    size = sum(t.numel() * t.element_size() for t in tensors.values())
-    del tensors
-    return size
-
-
-def _shard_sizes(base: Path, shard: str, adapter: Adapter) -> int:
-    from safetensors import safe_open
-
-    with safe_open(str(base / shard), framework="pt") as f:
-        total = 0
-        for key in f.keys():
-            sl = f.get_slice(key)
-            shape = adapter.full[key].shape if key in adapter.full else sl.get_shape()
-            total += math.prod(shape) * _DTYPE_BYTES.get(sl.get_dtype(), 4)
-    return total
+    """Stream one shard into `dst`, a tensor at a time, merging the adapter's updates; returns its bytes."""
+    header = read_header(src)
+    writer = ShardWriter(dst, _layout(header, adapter), {**header.metadata, "format": "pt"})
+    try:
+        with open(src, "rb") as f:
+            for entry in header.entries:
+                if entry.name in adapter.full:
+                    tensor = adapter.full[entry.name].to(torch_dtype(entry.dtype))
+                else:
+                    tensor = read_tensor(f, header, entry)
+                if entry.name in adapter.pairs:
+                    tensor = _merge_tensor(tensor, adapter.pairs[entry.name])
+                writer.write(entry.name, tensor)
+                del tensor
+    finally:
+        writer.close()
+    return writer.total
 
 
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-                "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
+def _shard_bytes(base: Path, shard: str, adapter: Adapter) -> int:
+    return sum(math.prod(shape) * DTYPE_BYTES[dtype] for _, dtype, shape in _layout(read_header(base / shard), adapter))
 
 
 def _finish_tokenizer(adapter: Adapter, base: Path, tmp: Path, template_name: str | None) -> list[int]:
@@ -330,7 +312,7 @@ def _finish_generation_config(tmp: Path, stop_ids: list[int]) -> None:
 
 def plan_bytes(base: Path, weight_map: dict[str, str], adapter: Adapter) -> int:
     """Bytes the merged folder needs: the base's weights (resized by modules_to_save) and small files."""
-    total = sum(_shard_sizes(base, shard, adapter) for shard in sorted(set(weight_map.values())))
+    total = sum(_shard_bytes(base, shard, adapter) for shard in sorted(set(weight_map.values())))
     total += sum(p.stat().st_size for p in base.iterdir() if p.is_file() and not SKIP_BASE.match(p.name))
     return total
 
@@ -381,7 +363,7 @@ def merge(adapter_dir: str | Path, out_dir: str | Path, base_arg: str | None = N
                 total += _write_shard(base / shard, tmp / shard, adapter)
             else:
                 shutil.copyfile(base / shard, tmp / shard)
-                total += _shard_sizes(base, shard, adapter)
+                total += _shard_bytes(base, shard, adapter)
         if (base / INDEX).is_file():
             index = read_json(base / INDEX)
             index["metadata"] = {**(index.get("metadata") or {}), "total_size": total}

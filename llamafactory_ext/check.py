@@ -1,0 +1,427 @@
+"""`lfx check`: a whole run validated in seconds, without a GPU and without training.
+
+Bad input (recipe keys, types, ranges, incompatible options, datasets, templates, a model whose
+tokenizer cannot be loaded) stops at the first problem with one line and exit status 2, as
+everywhere else. Then, with the run's own tokenizer and template: token-length statistics and the
+share of samples cut at `cutoff_len`, label sanity after LLaMA-Factory's own preprocessing and
+collation, and duplicates. Those are warnings (exit 1 under --strict).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import LfxError
+from .recipe import Recipe, gpu_type, load_recipe
+
+IGNORE_INDEX = -100
+LABEL_SAMPLES = 16  # records per dataset run through LLaMA-Factory's processor and collator
+# option -> why it cannot run under DeepSpeed ZeRO-3 (LLaMA-Factory's parser refuses these, or QLoRA).
+ZERO3_INCOMPATIBLE = {
+    "quantization_bit": "QLoRA (quantization_bit) does not train under DeepSpeed ZeRO-3 here: use zero_stage 2 or 0",
+    "predict_with_generate": "predict_with_generate is incompatible with DeepSpeed ZeRO-3",
+    "pure_bf16": "pure_bf16 is incompatible with DeepSpeed ZeRO-3",
+    "use_unsloth": "Unsloth is incompatible with DeepSpeed ZeRO-3",
+    "pissa_init": "PiSSA initialisation under ZeRO-3 needs scripts/pissa_init.py first",
+    "export_dir": "merging (export_dir) under ZeRO-3 is not supported: train, then `lfx merge`",
+}
+QUANTIZED_INCOMPATIBLE = {
+    "resize_vocab": "cannot resize embedding layers of a quantized model",
+    "create_new_adapter": "cannot create a new adapter upon a quantized model",
+    "export_dir": "cannot merge into a quantized model: train, then `lfx merge` on the bf16 base",
+}
+
+
+@dataclass
+class Finding:
+    level: str  # "warning" or "note"
+    where: str
+    message: str
+
+
+@dataclass
+class LengthStats:
+    dataset: str
+    records: int
+    prompt: dict[str, int]
+    response: dict[str, int]
+    total: dict[str, int]
+    cut: int
+    cut_share: float
+    keeps_99: int  # the smallest cutoff_len that keeps 99% of samples whole
+
+
+@dataclass
+class Report:
+    recipe: str
+    model: str
+    template: str
+    cutoff_len: int
+    findings: list[Finding] = field(default_factory=list)
+    lengths: list[LengthStats] = field(default_factory=list)
+    labels: dict[str, Any] = field(default_factory=dict)
+
+    def warn(self, where: str, message: str) -> None:
+        self.findings.append(Finding("warning", where, message))
+
+    def note(self, where: str, message: str) -> None:
+        self.findings.append(Finding("note", where, message))
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == "warning"]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, indent=2)
+
+
+def check_combinations(recipe: Recipe, gpu: dict[str, Any] | None) -> None:
+    where, args, launch = str(recipe.path), recipe.args, recipe.launch
+    if launch["zero_stage"] == 3:
+        for key, why in ZERO3_INCOMPATIBLE.items():
+            if args.get(key):
+                raise LfxError(f"{where}: field '{key}': {why}")
+    if args.get("quantization_bit") is not None:
+        for key, why in QUANTIZED_INCOMPATIBLE.items():
+            if args.get(key):
+                raise LfxError(f"{where}: field '{key}': {why}")
+        if args.get("finetuning_type", "lora") != "lora":
+            raise LfxError(f"{where}: field 'quantization_bit': quantized training needs finetuning_type lora (QLoRA)")
+    if args.get("bf16") and args.get("fp16"):
+        raise LfxError(f"{where}: field 'fp16': bf16 and fp16 are both set; choose one")
+    if gpu and (args.get("bf16") or args.get("pure_bf16")) and not gpu["bf16"]:
+        raise LfxError(f"{where}: field 'bf16': {gpu['name']} has no bf16 support; use fp16: true (or another GPU type)")
+    if args.get("eval_strategy", "no") not in ("no", None) and not (args.get("val_size") or args.get("eval_dataset")):
+        raise LfxError(f"{where}: field 'eval_strategy': '{args['eval_strategy']}' needs val_size or eval_dataset")
+
+
+def _model_where(recipe: Recipe) -> str:
+    return f"{recipe.path}: field 'model_name_or_path'"
+
+
+def model_path(recipe: Recipe) -> str:
+    """The model as the run will load it: a local folder (relative to the repo or here) or a Hub id."""
+    from .paths import REPO_ROOT
+
+    name = str(recipe.args["model_name_or_path"])
+    for candidate in (Path(name).expanduser(), REPO_ROOT / name):
+        if candidate.is_dir():
+            return str(candidate.resolve())
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") != 1
+    if looks_local:
+        raise LfxError(f"{_model_where(recipe)}: '{name}' does not exist (no such folder)")
+    return name
+
+
+def load_tokenizer_and_template(recipe: Recipe):
+    """The run's tokenizer and a private copy of its template, fixed the way LLaMA-Factory fixes them."""
+    from llamafactory.hparams import ModelArguments
+    from llamafactory.model import load_tokenizer
+
+    from .templates import get_template
+
+    name = model_path(recipe)
+    model_keys = {f for f in ModelArguments.__dataclass_fields__ if f in recipe.args}
+    model_args = ModelArguments(**{k: recipe.args[k] for k in model_keys if k != "model_name_or_path"}, model_name_or_path=name)
+    try:
+        tokenizer = load_tokenizer(model_args)["tokenizer"]
+    except OSError:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        how = "offline, so it cannot look further" if offline else "and it could not be downloaded"
+        raise LfxError(f"{_model_where(recipe)}: '{name}' is neither a local folder nor in the local Hugging Face cache "
+                       f"({how}); download it first (hf download {name} --include 'tokenizer*' 'config.json')") from None  # fmt: skip
+    template = get_template(recipe.args["template"])
+    if recipe.args.get("default_system") is not None:
+        template.default_system = recipe.args["default_system"]
+    template.fix_special_tokens(tokenizer)
+    template.fix_jinja_template(tokenizer)
+    return tokenizer, template
+
+
+def _data_args(recipe: Recipe, dataset: str):
+    from llamafactory.hparams import DataArguments
+
+    from .paths import datasets_dir
+
+    keys = {f for f in DataArguments.__dataclass_fields__ if f in recipe.args}
+    kwargs = {k: copy.deepcopy(recipe.args[k]) for k in keys}
+    kwargs.update(dataset=dataset, eval_dataset=None, dataset_dir=str(datasets_dir()), val_size=0.0, streaming=False)
+    return DataArguments(**kwargs)
+
+
+def aligned_records(recipe: Recipe, name: str) -> list[dict[str, Any]]:
+    """Records of dataset `name` through LLaMA-Factory's own converter (_prompt, _response, _system...)."""
+    from llamafactory.data.converter import get_dataset_converter
+    from llamafactory.data.parser import get_dataset_list
+
+    from .datasets import _records, load_entries
+
+    data_args = _data_args(recipe, name)
+    attr = get_dataset_list([name], data_args.dataset_dir)[0]
+    convert = get_dataset_converter(attr.formatting, attr, data_args)
+    records = _records(load_entries()[name])
+    out = [convert(record) for record in records]
+    limit = recipe.args.get("max_samples")
+    return out[:limit] if limit else out
+
+
+def _message_pieces(template, messages: list[dict[str, str]], system: str) -> list[list]:
+    """Per message, the elements LLaMA-Factory's Template._encode turns into ids."""
+    system = system or template.default_system
+    pieces = []
+    for i, message in enumerate(messages):
+        elements: list = []
+        if i == 0:
+            elements += template.format_prefix.apply()
+            if system:
+                elements += template.format_system.apply(content=system)
+        role = message["role"]
+        if role == "user":
+            elements += template.format_user.apply(content=message["content"], idx=str(i // 2))
+        elif role == "assistant":
+            elements += template.format_assistant.apply(content=message["content"])
+        elif role == "observation":
+            elements += template.format_observation.apply(content=message["content"])
+        else:
+            elements += template.format_function.apply(content=message["content"], thought_words=template.thought_words,
+                                                       tool_call_words=template.tool_call_words)  # fmt: skip
+        pieces.append(elements)
+    return pieces
+
+
+def message_lengths(tokenizer, template, records: list[dict[str, Any]]) -> list[list[int]]:
+    """Token count of every message of every record, exactly as the template encodes them, with the
+    text pieces tokenized in one batch (the template encodes them one by one)."""
+    from llamafactory.data.template import Template
+
+    conversations = [r["_prompt"] + r["_response"][:1] for r in records]
+    if type(template) is not Template or any(r["_tools"] for r in records):  # reasoning/tool templates: exact path
+        out = []
+        for conv, record in zip(conversations, records):
+            encoded = template._encode(tokenizer, conv, record["_system"], record["_tools"] or None)
+            out.append([len(ids) for ids in encoded])
+        return out
+    all_pieces = [_message_pieces(template, conv, r["_system"]) for conv, r in zip(conversations, records)]
+    texts = sorted({e for pieces in all_pieces for elements in pieces for e in elements if isinstance(e, str) and e})
+    counts = dict(zip(texts, (len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]))) if texts else {}
+    out = []
+    for pieces in all_pieces:
+        lengths = []
+        for elements in pieces:
+            n = 0
+            for e in elements:
+                if isinstance(e, str):
+                    n += counts.get(e, 0)
+                elif isinstance(e, dict):
+                    n += 1
+                elif "bos_token" in e:
+                    n += tokenizer.bos_token_id is not None
+                elif "eos_token" in e:
+                    n += tokenizer.eos_token_id is not None
+            lengths.append(n)
+        out.append(lengths)
+    return out
+
+
+def truncation(lengths: list[int], cutoff_len: int, efficient_eos: bool) -> tuple[int, int, bool]:
+    """(prompt tokens, response tokens, cut?) as LLaMA-Factory's SupervisedDatasetProcessor truncates."""
+    from llamafactory.data.processor.processor_utils import infer_seqlen
+
+    total = 1 if efficient_eos else 0
+    prompt = response = 0
+    cut = False
+    pairs = [(lengths[i], lengths[i + 1] if i + 1 < len(lengths) else 0) for i in range(0, len(lengths), 2)]
+    for source, target in pairs:
+        prompt += source
+        response += target
+        if total >= cutoff_len:
+            cut = True
+            continue
+        s, t = infer_seqlen(source, target, cutoff_len - total)
+        cut |= (s, t) != (source, target)
+        total += s + t
+    return prompt, response, cut
+
+
+def _percentiles(values: list[int]) -> dict[str, int]:
+    ordered = sorted(values)
+
+    def pct(p: float) -> int:
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(p * len(ordered)) - 1))]
+
+    return {"p50": pct(0.50), "p95": pct(0.95), "p99": pct(0.99), "max": ordered[-1]}
+
+
+def length_stats(name: str, lengths: list[list[int]], cutoff_len: int, efficient_eos: bool) -> LengthStats:
+    rows = [truncation(lens, cutoff_len, efficient_eos) for lens in lengths]
+    prompts, responses = [r[0] for r in rows], [r[1] for r in rows]
+    totals = [p + r + efficient_eos for p, r in zip(prompts, responses)]
+    cut = sum(r[2] for r in rows)
+    return LengthStats(
+        dataset=name,
+        records=len(rows),
+        prompt=_percentiles(prompts),
+        response=_percentiles(responses),
+        total=_percentiles(totals),
+        cut=cut,
+        cut_share=cut / len(rows),
+        keeps_99=_percentiles(totals)["p99"],
+    )
+
+
+def label_sanity(recipe: Recipe, name: str, tokenizer, template, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """A few records through LLaMA-Factory's SupervisedDatasetProcessor and its SFT collator."""
+    from llamafactory.data.collator import SFTDataCollatorWith4DAttentionMask
+    from llamafactory.data.processor import SupervisedDatasetProcessor
+
+    sample = records[:LABEL_SAMPLES]
+    data_args = _data_args(recipe, name)
+    processor = SupervisedDatasetProcessor(template=template, tokenizer=tokenizer, processor=None, data_args=data_args)
+    batch = {key: [r[key] for r in sample] for key in sample[0]}
+    encoded = processor.preprocess_dataset(batch)
+    stop_ids = set(template.get_stop_token_ids(tokenizer))
+    if tokenizer.eos_token_id is not None:
+        stop_ids.add(tokenizer.eos_token_id)
+    all_masked, no_stop = [], []
+    for i, labels in enumerate(encoded["labels"]):
+        trained = [t for t in labels if t != IGNORE_INDEX]
+        if not trained:
+            all_masked.append(i)
+        elif trained[-1] not in stop_ids:
+            no_stop.append(i)
+    collator = SFTDataCollatorWith4DAttentionMask(template=template, tokenizer=tokenizer, model=None,
+                                                  label_pad_token_id=IGNORE_INDEX, pad_to_multiple_of=8)  # fmt: skip
+    features = [{"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels, "images": [], "videos": [], "audios": []}
+                for ids, labels in zip(encoded["input_ids"], encoded["labels"])]  # fmt: skip
+    collated = collator(features)
+    masked_by_pad = []
+    for i, (ids, labels) in enumerate(zip(encoded["input_ids"], encoded["labels"])):
+        trained = [j for j, t in enumerate(labels) if t != IGNORE_INDEX]
+        if trained and labels[trained[-1]] in stop_ids and int(collated["labels"][i][trained[-1]]) == IGNORE_INDEX:
+            masked_by_pad.append(i)
+    return {
+        "dataset": name,
+        "samples": len(sample),
+        "all_masked": all_masked,
+        "no_stop_token": no_stop,
+        "stop_masked_after_collation": masked_by_pad,
+        "pad_is_eos": tokenizer.pad_token_id is not None and tokenizer.pad_token_id == tokenizer.eos_token_id,
+        "stop_tokens": sorted(tokenizer.convert_ids_to_tokens(sorted(stop_ids))),
+    }
+
+
+def _key(record: dict[str, Any], with_response: bool = True) -> str:
+    parts = [record["_system"], record["_prompt"]] + ([record["_response"]] if with_response else [])
+    return json.dumps(parts, ensure_ascii=False, sort_keys=True)
+
+
+def duplicates(report: Report, recipe: Recipe, data: dict[str, list[dict[str, Any]]]) -> None:
+    from .train import _names
+
+    where = str(recipe.path)
+    for name, records in data.items():
+        seen: dict[str, int] = {}
+        answers: dict[str, set[str]] = {}
+        for i, record in enumerate(records):
+            seen[_key(record)] = seen.get(_key(record), 0) + 1
+            answers.setdefault(_key(record, False), set()).add(_key(record))
+        dup = sum(n - 1 for n in seen.values() if n > 1)
+        conflicting = sum(1 for a in answers.values() if len(a) > 1)
+        if dup:
+            leak = " and can land on both sides of the val_size split (evaluation would see training data)" if recipe.args.get("val_size") else ""
+            report.warn(f"dataset '{name}'", f"{dup} duplicated records (same system, prompt and response){leak}")
+        if conflicting:
+            report.warn(f"dataset '{name}'", f"{conflicting} prompts appear with different responses")
+    evals = _names(recipe.args.get("eval_dataset"))
+    trains = [n for n in _names(recipe.args["dataset"]) if n in data]
+    if evals:
+        train_keys = {_key(r) for n in trains for r in data[n]}
+        for name in evals:
+            overlap = sum(_key(r) in train_keys for r in data.get(name, []))
+            if overlap:
+                report.warn(where, f"eval_dataset '{name}': {overlap} records also in the training data")
+
+
+def check(recipe_path: str | Path, *, preset: str | None = None, launch: dict | None = None,
+          gpu: str | None = None, max_cut_share: float = 0.01) -> Report:  # fmt: skip
+    """Run every check; raises LfxError on the first error, returns the report with warnings."""
+    from .datasets import check_entry, load_entries
+    from .train import _names
+
+    recipe = load_recipe(recipe_path, preset, launch)
+    gpu_row = gpu_type(gpu or recipe.launch["gpu_type"]) if (gpu or recipe.launch["gpu_type"]) else None
+    check_combinations(recipe, gpu_row)
+    entries = load_entries()
+    names = list(dict.fromkeys(_names(recipe.args["dataset"]) + _names(recipe.args.get("eval_dataset"))))
+    for name in names:
+        check_entry(entries[name])
+    tokenizer, template = load_tokenizer_and_template(recipe)
+    cutoff = int(recipe.args.get("cutoff_len", 2048))
+    report = Report(recipe=str(recipe.path), model=str(recipe.args["model_name_or_path"]),
+                    template=recipe.args["template"], cutoff_len=cutoff)  # fmt: skip
+    data = {name: aligned_records(recipe, name) for name in names}
+    for name, records in data.items():
+        if not records:
+            raise LfxError(f"{entries[name].path}: dataset '{name}' has no records")
+        lengths = message_lengths(tokenizer, template, records)
+        stats = length_stats(name, lengths, cutoff, template.efficient_eos)
+        report.lengths.append(stats)
+        shortest_prompt = min(lens[0] for lens in lengths)
+        if cutoff <= shortest_prompt:
+            raise LfxError(f"{recipe.path}: field 'cutoff_len': {cutoff} is not above the shortest prompt of dataset "
+                           f"'{name}' ({shortest_prompt} tokens with the template and system prompt): no response would be trained")  # fmt: skip
+        if stats.cut_share > max_cut_share:
+            report.warn(f"dataset '{name}'", f"{stats.cut_share:.1%} of samples ({stats.cut}/{stats.records}) are cut at "
+                        f"cutoff_len {cutoff}; cutoff_len {_round_up(stats.keeps_99)} keeps 99%")  # fmt: skip
+        labels = label_sanity(recipe, name, tokenizer, template, records)
+        report.labels[name] = labels
+        if labels["all_masked"]:
+            report.warn(f"dataset '{name}'", f"records {labels['all_masked']}: every label is masked, nothing is trained")
+        if labels["no_stop_token"]:
+            report.warn(f"dataset '{name}'", f"records {labels['no_stop_token']}: the labels do not end with the stop "
+                        f"token {labels['stop_tokens']} (cut at cutoff_len?): the model may not learn to stop")  # fmt: skip
+        if labels["stop_masked_after_collation"]:
+            report.warn(f"dataset '{name}'", f"records {labels['stop_masked_after_collation']}: the stop token is masked "
+                        "after padding (pad token = eos): generation would never stop")  # fmt: skip
+        if labels["pad_is_eos"]:
+            report.note(f"dataset '{name}'", "pad token is the eos token; LLaMA-Factory pads labels with -100, so the "
+                        "stop token stays trained (checked after collation)")  # fmt: skip
+    duplicates(report, recipe, data)
+    return report
+
+
+def _round_up(n: int, step: int = 64) -> int:
+    return int(math.ceil(n / step) * step)
+
+
+def render_report(report: Report, console) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    console.print(escape(f"{report.recipe}: model {report.model}, template {report.template}, cutoff_len {report.cutoff_len}"))
+    table = Table(title="tokens per sample", title_justify="left")
+    for col in ("dataset", "records", "part", "p50", "p95", "p99", "max", "cut", "99% fit in"):
+        table.add_column(col, justify="left" if col in ("dataset", "part") else "right")
+    for s in report.lengths:
+        for part in ("prompt", "response", "total"):
+            values = getattr(s, part)
+            first = part == "prompt"
+            table.add_row(s.dataset if first else "", str(s.records) if first else "", part,
+                          *(str(values[k]) for k in ("p50", "p95", "p99", "max")),
+                          f"{s.cut} ({s.cut_share:.1%})" if first else "", str(s.keeps_99) if first else "")  # fmt: skip
+    console.print(table)
+    for name, labels in report.labels.items():
+        ok = not (labels["all_masked"] or labels["no_stop_token"] or labels["stop_masked_after_collation"])
+        console.print(escape(f"labels of {name}: {labels['samples']} samples through LLaMA-Factory's processor and collator, "
+                             f"stop tokens {', '.join(labels['stop_tokens'])}: {'ok' if ok else 'PROBLEMS (see warnings)'}"))  # fmt: skip
+    for f in report.findings:
+        style = "yellow" if f.level == "warning" else "dim"
+        console.print(f"[{style}]{f.level}[/]: " + escape(f"{f.where}: {f.message}"))
+    if not report.warnings:
+        console.print("[green]ok[/]: no warnings")
