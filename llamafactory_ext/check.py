@@ -13,6 +13,7 @@ import copy
 import json
 import math
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -275,12 +276,16 @@ def length_stats(name: str, lengths: list[list[int]], cutoff_len: int, efficient
     )
 
 
-def label_sanity(recipe: Recipe, name: str, tokenizer, template, records: list[dict[str, Any]]) -> dict[str, Any]:
-    """A few records through LLaMA-Factory's SupervisedDatasetProcessor and its SFT collator."""
+def label_sanity(recipe: Recipe, name: str, tokenizer, template, records: list[dict[str, Any]],
+                 lengths: list[list[int]]) -> dict[str, Any]:  # fmt: skip
+    """A few records (the first ones and the longest ones, the likeliest to be cut) through
+    LLaMA-Factory's SupervisedDatasetProcessor and its SFT collator. Record numbers are 0-based."""
     from llamafactory.data.collator import SFTDataCollatorWith4DAttentionMask
     from llamafactory.data.processor import SupervisedDatasetProcessor
 
-    sample = records[:LABEL_SAMPLES]
+    longest = sorted(range(len(records)), key=lambda i: -sum(lengths[i]))[: LABEL_SAMPLES // 2]
+    picked = sorted(set(range(min(LABEL_SAMPLES // 2, len(records)))) | set(longest))
+    sample = [records[i] for i in picked]
     data_args = _data_args(recipe, name)
     processor = SupervisedDatasetProcessor(template=template, tokenizer=tokenizer, processor=None, data_args=data_args)
     batch = {key: [r[key] for r in sample] for key in sample[0]}
@@ -292,9 +297,9 @@ def label_sanity(recipe: Recipe, name: str, tokenizer, template, records: list[d
     for i, labels in enumerate(encoded["labels"]):
         trained = [t for t in labels if t != IGNORE_INDEX]
         if not trained:
-            all_masked.append(i)
+            all_masked.append(picked[i])
         elif trained[-1] not in stop_ids:
-            no_stop.append(i)
+            no_stop.append(picked[i])
     collator = SFTDataCollatorWith4DAttentionMask(template=template, tokenizer=tokenizer, model=None,
                                                   label_pad_token_id=IGNORE_INDEX, pad_to_multiple_of=8)  # fmt: skip
     features = [{"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels, "images": [], "videos": [], "audios": []}
@@ -304,7 +309,7 @@ def label_sanity(recipe: Recipe, name: str, tokenizer, template, records: list[d
     for i, (ids, labels) in enumerate(zip(encoded["input_ids"], encoded["labels"])):
         trained = [j for j, t in enumerate(labels) if t != IGNORE_INDEX]
         if trained and labels[trained[-1]] in stop_ids and int(collated["labels"][i][trained[-1]]) == IGNORE_INDEX:
-            masked_by_pad.append(i)
+            masked_by_pad.append(picked[i])
     return {
         "dataset": name,
         "samples": len(sample),
@@ -351,6 +356,15 @@ def duplicates(report: Report, recipe: Recipe, data: dict[str, list[dict[str, An
 def check(recipe_path: str | Path, *, preset: str | None = None, launch: dict | None = None,
           gpu: str | None = None, max_cut_share: float = 0.01) -> Report:  # fmt: skip
     """Run every check; raises LfxError on the first error, returns the report with warnings."""
+    import logging
+
+    from llamafactory.extras.logging import get_logger
+
+    # LLaMA-Factory logs to stdout, which belongs to the report (--json): send its lines to stderr.
+    get_logger("llamafactory")
+    for handler in logging.getLogger("llamafactory").handlers:
+        if type(handler) is logging.StreamHandler and not isinstance(handler.stream, _Stderr):
+            handler.setStream(_Stderr())
     from .datasets import check_entry, load_entries
     from .train import _names
 
@@ -379,7 +393,7 @@ def check(recipe_path: str | Path, *, preset: str | None = None, launch: dict | 
         if stats.cut_share > max_cut_share:
             report.warn(f"dataset '{name}'", f"{stats.cut_share:.1%} of samples ({stats.cut}/{stats.records}) are cut at "
                         f"cutoff_len {cutoff}; cutoff_len {_round_up(stats.keeps_99)} keeps 99%")  # fmt: skip
-        labels = label_sanity(recipe, name, tokenizer, template, records)
+        labels = label_sanity(recipe, name, tokenizer, template, records, lengths)
         report.labels[name] = labels
         if labels["all_masked"]:
             report.warn(f"dataset '{name}'", f"records {labels['all_masked']}: every label is masked, nothing is trained")
@@ -394,6 +408,16 @@ def check(recipe_path: str | Path, *, preset: str | None = None, launch: dict | 
                         "stop token stays trained (checked after collation)")  # fmt: skip
     duplicates(report, recipe, data)
     return report
+
+
+class _Stderr:
+    """Whatever sys.stderr is at the time of writing (click's test runner swaps it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def _round_up(n: int, step: int = 64) -> int:

@@ -127,3 +127,18 @@ def merged_ironman(ironman_run, tmp_path_factory) -> Path:
     from llamafactory_ext.merge import merge
 
     return merge(ironman_run["adapter"], tmp_path_factory.mktemp("merged") / "ironman-merged", progress=False)
+
+
+def tiny_recipe_dict(model: Path, **extra) -> dict:
+    """launch/demo.yaml pointed at a tiny local model (the preset points at runs/, absent in a fresh clone)."""
+    recipe = yaml.safe_load((REPO / "launch" / "demo.yaml").read_text(encoding="utf-8"))
+    recipe.pop("preset")
+    recipe.update(model_name_or_path=str(model), template="llama3-persona", lora_target="all")
+    recipe.update(extra)
+    return recipe
+
+
+def write_recipe(path: Path, recipe: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(recipe, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path
