@@ -360,8 +360,10 @@ def check(recipe_path: str | Path, *, preset: str | None = None, launch: dict | 
 
     from llamafactory.extras.logging import get_logger
 
-    # LLaMA-Factory logs to stdout, which belongs to the report (--json): send its lines to stderr.
+    # LLaMA-Factory logs to stdout, which belongs to the report (--json): send its lines to stderr,
+    # and keep only its errors (its notes on tokenizer fixes are in our report).
     get_logger("llamafactory")
+    logging.getLogger("llamafactory").setLevel(logging.ERROR)
     for handler in logging.getLogger("llamafactory").handlers:
         if type(handler) is logging.StreamHandler and not isinstance(handler.stream, _Stderr):
             handler.setStream(_Stderr())
