@@ -356,17 +356,7 @@ def duplicates(report: Report, recipe: Recipe, data: dict[str, list[dict[str, An
 def check(recipe_path: str | Path, *, preset: str | None = None, launch: dict | None = None,
           gpu: str | None = None, max_cut_share: float = 0.01) -> Report:  # fmt: skip
     """Run every check; raises LfxError on the first error, returns the report with warnings."""
-    import logging
-
-    from llamafactory.extras.logging import get_logger
-
-    # LLaMA-Factory logs to stdout, which belongs to the report (--json): send its lines to stderr,
-    # and keep only its errors (its notes on tokenizer fixes are in our report).
-    get_logger("llamafactory")
-    logging.getLogger("llamafactory").setLevel(logging.ERROR)
-    for handler in logging.getLogger("llamafactory").handlers:
-        if type(handler) is logging.StreamHandler and not isinstance(handler.stream, _Stderr):
-            handler.setStream(_Stderr())
+    quiet_llamafactory()
     from .datasets import check_entry, load_entries
     from .train import _names
 
@@ -410,6 +400,20 @@ def check(recipe_path: str | Path, *, preset: str | None = None, launch: dict | 
                         "stop token stays trained (checked after collation)")  # fmt: skip
     duplicates(report, recipe, data)
     return report
+
+
+def quiet_llamafactory() -> None:
+    """LLaMA-Factory logs to stdout, which belongs to our reports (--json): send its lines to stderr,
+    and keep only its errors (its notes on tokenizer fixes are in our report)."""
+    import logging
+
+    from llamafactory.extras.logging import get_logger
+
+    get_logger("llamafactory")
+    logging.getLogger("llamafactory").setLevel(logging.ERROR)
+    for handler in logging.getLogger("llamafactory").handlers:
+        if type(handler) is logging.StreamHandler and not isinstance(handler.stream, _Stderr):
+            handler.setStream(_Stderr())
 
 
 class _Stderr:

@@ -272,6 +272,50 @@ def check(recipe, preset, gpu_type, max_cut, as_json, strict):
         sys.exit(1)
 
 
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--gpus", type=click.IntRange(min=1), default=None, help="GPUs per node (default: the recipe's).")
+@click.option("--gpu-type", default=None, help="GPU type from launch/gpus.yaml (default: launch.gpu_type or A100-80GB-SXM).")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan(recipe, gpus, gpu_type, as_json):
+    """Samples, batch, steps, per-GPU memory (DeepSpeed's estimators), time and cost of a run."""
+    import json
+
+    from .plan import plan as make_plan
+    from .plan import render_plan
+
+    if not Path(recipe).is_file():
+        raise LfxError(f"{recipe}: file not found")
+    tokens, source = _mean_tokens(recipe)
+    result = make_plan(recipe, gpus=gpus, gpu=gpu_type, tokens=tokens, tokens_source=source)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        from rich.console import Console
+
+        from .recipe import load_recipe
+
+        render_plan(result, Console(highlight=False), bool(load_recipe(recipe).args.get("bf16")))
+
+
+def _mean_tokens(recipe_path: str) -> tuple[int | None, str | None]:
+    """Mean tokens per sample (capped at cutoff_len) with the run's tokenizer, when it is available here."""
+    from .check import aligned_records, load_tokenizer_and_template, message_lengths, quiet_llamafactory
+    from .recipe import load_recipe
+    from .train import _names
+
+    quiet_llamafactory()
+    recipe = load_recipe(recipe_path)
+    try:
+        tokenizer, template = load_tokenizer_and_template(recipe)
+    except LfxError:
+        return None, None
+    cutoff = int(recipe.args.get("cutoff_len", 2048))
+    totals = [min(sum(lens), cutoff) for name in _names(recipe.args["dataset"])
+              for lens in message_lengths(tokenizer, template, aligned_records(recipe, name))]  # fmt: skip
+    return int(sum(totals) / len(totals)), "the datasets, with the run's tokenizer and template"
+
+
 @main.command("tiny-model")
 @click.argument("family", type=click.Choice(["llama3", "qwen2"]))
 @click.argument("out_dir", type=click.Path(file_okay=False))
