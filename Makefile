@@ -45,6 +45,8 @@ test: install
 
 bench: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python tests/benchmarks/bench_cli_startup.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python tests/benchmarks/bench_check.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python tests/benchmarks/bench_merge.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -156,7 +156,7 @@ def _data_args(recipe: Recipe, dataset: str):
     return DataArguments(**kwargs)
 
 
-def aligned_records(recipe: Recipe, name: str) -> list[dict[str, Any]]:
+def aligned_records(recipe: Recipe, name: str, records: list | None = None) -> list[dict[str, Any]]:
     """Records of dataset `name` through LLaMA-Factory's own converter (_prompt, _response, _system...)."""
     from llamafactory.data.converter import get_dataset_converter
     from llamafactory.data.parser import get_dataset_list
@@ -166,40 +166,18 @@ def aligned_records(recipe: Recipe, name: str) -> list[dict[str, Any]]:
     data_args = _data_args(recipe, name)
     attr = get_dataset_list([name], data_args.dataset_dir)[0]
     convert = get_dataset_converter(attr.formatting, attr, data_args)
-    records = _records(load_entries()[name])
+    records = _records(load_entries()[name]) if records is None else records
     out = [convert(record) for record in records]
     limit = recipe.args.get("max_samples")
     return out[:limit] if limit else out
-
-
-def _message_pieces(template, messages: list[dict[str, str]], system: str) -> list[list]:
-    """Per message, the elements LLaMA-Factory's Template._encode turns into ids."""
-    system = system or template.default_system
-    pieces = []
-    for i, message in enumerate(messages):
-        elements: list = []
-        if i == 0:
-            elements += template.format_prefix.apply()
-            if system:
-                elements += template.format_system.apply(content=system)
-        role = message["role"]
-        if role == "user":
-            elements += template.format_user.apply(content=message["content"], idx=str(i // 2))
-        elif role == "assistant":
-            elements += template.format_assistant.apply(content=message["content"])
-        elif role == "observation":
-            elements += template.format_observation.apply(content=message["content"])
-        else:
-            elements += template.format_function.apply(content=message["content"], thought_words=template.thought_words,
-                                                       tool_call_words=template.tool_call_words)  # fmt: skip
-        pieces.append(elements)
-    return pieces
 
 
 def message_lengths(tokenizer, template, records: list[dict[str, Any]]) -> list[list[int]]:
     """Token count of every message of every record, exactly as the template encodes them, with the
     text pieces tokenized in one batch (the template encodes them one by one)."""
     from llamafactory.data.template import Template
+
+    from .templates import message_elements
 
     conversations = [r["_prompt"] + r["_response"][:1] for r in records]
     if type(template) is not Template or any(r["_tools"] for r in records):  # reasoning/tool templates: exact path
@@ -208,9 +186,18 @@ def message_lengths(tokenizer, template, records: list[dict[str, Any]]) -> list[
             encoded = template._encode(tokenizer, conv, record["_system"], record["_tools"] or None)
             out.append([len(ids) for ids in encoded])
         return out
-    all_pieces = [_message_pieces(template, conv, r["_system"]) for conv, r in zip(conversations, records)]
+    all_pieces = [message_elements(template, conv, r["_system"]) for conv, r in zip(conversations, records)]
     texts = sorted({e for pieces in all_pieces for elements in pieces for e in elements if isinstance(e, str) and e})
-    counts = dict(zip(texts, (len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]))) if texts else {}
+    counts: dict[str, int] = {}
+    backend = getattr(tokenizer, "backend_tokenizer", None)  # the Rust tokenizer behind a fast one
+    for start in range(0, len(texts), 4096):  # chunks: only the lengths are kept, not the ids
+        chunk = texts[start : start + 4096]
+        if backend is not None:
+            lengths_ = [len(e) for e in backend.encode_batch_fast(chunk, add_special_tokens=False)]
+        else:
+            lengths_ = [len(ids) for ids in tokenizer(chunk, add_special_tokens=False)["input_ids"]]
+        counts.update(zip(chunk, lengths_))
+    has_bos, has_eos = tokenizer.bos_token_id is not None, tokenizer.eos_token_id is not None
     out = []
     for pieces in all_pieces:
         lengths = []
@@ -222,9 +209,9 @@ def message_lengths(tokenizer, template, records: list[dict[str, Any]]) -> list[
                 elif isinstance(e, dict):
                     n += 1
                 elif "bos_token" in e:
-                    n += tokenizer.bos_token_id is not None
+                    n += has_bos
                 elif "eos_token" in e:
-                    n += tokenizer.eos_token_id is not None
+                    n += has_eos
             lengths.append(n)
         out.append(lengths)
     return out
@@ -321,9 +308,9 @@ def label_sanity(recipe: Recipe, name: str, tokenizer, template, records: list[d
     }
 
 
-def _key(record: dict[str, Any], with_response: bool = True) -> str:
-    parts = [record["_system"], record["_prompt"]] + ([record["_response"]] if with_response else [])
-    return json.dumps(parts, ensure_ascii=False, sort_keys=True)
+def _key(record: dict[str, Any], with_response: bool = True) -> tuple:
+    turns = record["_prompt"] + (record["_response"] if with_response else [])
+    return (record["_system"], tuple((m["role"], m["content"]) for m in turns), with_response)
 
 
 def duplicates(report: Report, recipe: Recipe, data: dict[str, list[dict[str, Any]]]) -> None:
@@ -331,11 +318,12 @@ def duplicates(report: Report, recipe: Recipe, data: dict[str, list[dict[str, An
 
     where = str(recipe.path)
     for name, records in data.items():
-        seen: dict[str, int] = {}
-        answers: dict[str, set[str]] = {}
-        for i, record in enumerate(records):
-            seen[_key(record)] = seen.get(_key(record), 0) + 1
-            answers.setdefault(_key(record, False), set()).add(_key(record))
+        seen: dict[tuple, int] = {}
+        answers: dict[tuple, set[tuple]] = {}
+        for record in records:
+            key = _key(record)
+            seen[key] = seen.get(key, 0) + 1
+            answers.setdefault(_key(record, False), set()).add(key)
         dup = sum(n - 1 for n in seen.values() if n > 1)
         conflicting = sum(1 for a in answers.values() if len(a) > 1)
         if dup:
@@ -357,7 +345,7 @@ def check(recipe_path: str | Path, *, preset: str | None = None, launch: dict | 
           gpu: str | None = None, max_cut_share: float = 0.01) -> Report:  # fmt: skip
     """Run every check; raises LfxError on the first error, returns the report with warnings."""
     quiet_llamafactory()
-    from .datasets import check_entry, load_entries
+    from .datasets import _records, check_entry, load_entries
     from .train import _names
 
     recipe = load_recipe(recipe_path, preset, launch)
@@ -365,13 +353,14 @@ def check(recipe_path: str | Path, *, preset: str | None = None, launch: dict | 
     check_combinations(recipe, gpu_row)
     entries = load_entries()
     names = list(dict.fromkeys(_names(recipe.args["dataset"]) + _names(recipe.args.get("eval_dataset"))))
+    raw = {name: _records(entries[name]) for name in names}
     for name in names:
-        check_entry(entries[name])
+        check_entry(entries[name], raw[name])
     tokenizer, template = load_tokenizer_and_template(recipe)
     cutoff = int(recipe.args.get("cutoff_len", 2048))
     report = Report(recipe=str(recipe.path), model=str(recipe.args["model_name_or_path"]),
                     template=recipe.args["template"], cutoff_len=cutoff)  # fmt: skip
-    data = {name: aligned_records(recipe, name) for name in names}
+    data = {name: aligned_records(recipe, name, raw[name]) for name in names}
     for name, records in data.items():
         if not records:
             raise LfxError(f"{entries[name].path}: dataset '{name}' has no records")

@@ -230,16 +230,17 @@ def _check_sharegpt(where: str, record: dict, info: dict, json_rule: Any) -> Non
             _check_json(f"{where}: field '{col}[{i}].{content_tag}'", messages[i][content_tag])
 
 
-def check_entry(entry: DatasetEntry) -> int:
-    """Validate every record of a local dataset; returns the record count."""
-    if entry.path is None:
+def check_entry(entry: DatasetEntry, records: list | None = None) -> int:
+    """Validate every record of a local dataset (read here unless given); returns the record count."""
+    path = entry.path
+    if path is None:
         return 0
-    records = _records(entry)
+    records = _records(entry) if records is None else records
     info = entry.info
     json_rule = info.get("lfx", {}).get("json_output", False)
     check = _check_alpaca if info.get("formatting", "alpaca") == "alpaca" else _check_sharegpt
     for index, record in enumerate(records):
-        where = f"{entry.path}: record {index}"
+        where = f"{path}: record {index}"
         if not isinstance(record, dict):
             raise LfxError(f"{where}: expected an object, got {type(record).__name__}")
         check(where, record, info, json_rule)

@@ -210,28 +210,38 @@ def _slot_text(elements: list, tokenizer) -> str:
     return "".join(out)
 
 
-def render_messages(template, messages: list[dict[str, str]], system: str | None = None, tokenizer=None) -> list[str]:
-    """The text of each message as LLaMA-Factory's Template._encode lays it out.
-
-    Without a tokenizer, special-token slots show as {{bos_token}} / {{eos_token}}.
-    """
+def message_elements(template, messages: list[dict[str, str]], system: str | None = None) -> list[list]:
+    """Per message, the slots LLaMA-Factory's Template._encode turns into token ids (no tools)."""
     system = system or template.default_system
-    texts = []
+    out = []
     for i, message in enumerate(messages):
         elements: list = []
         if i == 0:
             elements += template.format_prefix.apply()
             if system:
                 elements += template.format_system.apply(content=system)
-        role = message["role"]
+        role, content = message["role"], message["content"]
         if role == "user":
-            elements += template.format_user.apply(content=message["content"], idx=str(i // 2))
+            elements += template.format_user.apply(content=content, idx=str(i // 2))
         elif role == "assistant":
-            elements += template.format_assistant.apply(content=message["content"])
+            elements += template.format_assistant.apply(content=content)
+        elif role == "observation":
+            elements += template.format_observation.apply(content=content)
+        elif role == "function":
+            elements += template.format_function.apply(content=content, thought_words=template.thought_words,
+                                                        tool_call_words=template.tool_call_words)  # fmt: skip
         else:
             raise LfxError(f"render: unsupported role '{role}' in message {i}")
-        texts.append(_slot_text(elements, tokenizer))
-    return texts
+        out.append(elements)
+    return out
+
+
+def render_messages(template, messages: list[dict[str, str]], system: str | None = None, tokenizer=None) -> list[str]:
+    """The text of each message as LLaMA-Factory's Template._encode lays it out.
+
+    Without a tokenizer, special-token slots show as {{bos_token}} / {{eos_token}}.
+    """
+    return [_slot_text(elements, tokenizer) for elements in message_elements(template, messages, system)]
 
 
 SAMPLE_CONVERSATION = [
