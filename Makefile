@@ -30,10 +30,11 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/lfx tiny-model llama3 runs/demo/tiny-llama3
 	$(BIN)/lfx render launch/demo.yaml -o runs/demo/run
-	PATH="$(abspath $(BIN)):$$PATH" LFX_DEVICE=cpu MIN_FREE_DISK_GB=1 runs/demo/run/train_sft.sh
-	$(BIN)/lfx templates show llama3-persona --tokenizer runs/demo/run/output
-	@echo "Demo done. LoRA adapter, tokenizer with the persona chat template, loss log and plot:"
-	@echo "  runs/demo/run/output/ (adapter_model.safetensors, chat_template.jinja, trainer_log.jsonl, training_loss.png)"
+	PATH="$(abspath $(BIN)):$$PATH" LFX_DEVICE=cpu MIN_FREE_DISK_GB=1 MERGE=1 runs/demo/run/train_sft.sh
+	$(BIN)/lfx chat runs/demo/run/merged -m "토니, 자기소개 해줘" --max-new-tokens 16 --show-prompt
+	@echo "Demo done (a random tiny model: the answer is noise, the prompt is the persona's)."
+	@echo "  runs/demo/run/output/  LoRA adapter, tokenizer with the persona chat template, trainer_log.jsonl, training_loss.png"
+	@echo "  runs/demo/run/merged/  the adapter merged into the base (lfx merge), ready for lfx upload"
 
 train: install
 	$(BIN)/lfx render launch/$(DATASET).yaml -o $(RUN_DIR) $(TRAIN_OPTS)
