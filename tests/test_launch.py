@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -185,3 +186,23 @@ def test_generated_script_two_node_rendezvous_on_loopback(tiny_recipe, tmp_path)
     assert [node.returncode for node in nodes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     assert "world size: 2" in logs[0]
     assert (tmp_path / "node0" / "output" / "adapter_model.safetensors").is_file()
+
+
+def test_pod_install_step_keeps_the_pod_torch_and_adds_matching_torchaudio_torchvision(tiny_recipe, tmp_path):
+    """A pod whose python has CUDA torch 2.6.0 but not our packages: the script installs
+    torchaudio 2.6.0 and torchvision 0.21.0 beside it, then this repo; nothing else changes torch."""
+    run = tmp_path / "run"
+    assert _render(tiny_recipe, run).exit_code == 0
+    calls = tmp_path / "pip-calls.txt"
+    fake = tmp_path / "pod-python"
+    fake.write_text(f"""#!/usr/bin/env bash
+# The pod's python: torch 2.6.0, no llamafactory yet; pip calls are recorded, not run.
+if [[ "$1" == -c && "$2" == *"import llamafactory_ext"* ]]; then exit 1; fi
+if [[ "$1" == -c && "$2" == *"torch.__version__"* ]]; then echo 2.6.0; exit 0; fi
+if [[ "$1" == -m && "$2" == pip ]]; then shift 2; echo "$*" >> {calls}; exit 0; fi
+exec {sys.executable} "$@"
+""")
+    fake.chmod(0o755)
+    proc = _run_script(run, {"PYTHON": str(fake), "LFX_DEVICE": "cuda", "PATH": f"{BIN}{os.pathsep}/usr/bin:/bin"})
+    assert proc.returncode == 2 and "no GPU visible" in proc.stderr  # went on to the preflight after installing
+    assert calls.read_text().splitlines() == ["install torchaudio==2.6.0 torchvision==0.21.0", f"install -e {REPO}"]
