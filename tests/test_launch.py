@@ -166,12 +166,14 @@ def test_upload_without_token_is_refused_before_launch(tiny_recipe, tmp_path):
     assert proc.returncode == 2 and "UPLOAD=1 but no Hub repo: set launch.hub_repo" in proc.stderr
 
 
-def test_generated_script_two_node_rendezvous_on_loopback(tiny_recipe, tmp_path):
-    """Two invocations, NODE_RANK 0 and 1, one process each, meeting on 127.0.0.1."""
+@pytest.mark.parametrize("launcher", ["torchrun", "deepspeed"])
+def test_generated_script_two_node_rendezvous_on_loopback(launcher, tiny_recipe, tmp_path):
+    """Two invocations, NODE_RANK 0 and 1, one process each, meeting on 127.0.0.1
+    (deepspeed: --no_ssh with the hostfile the script writes)."""
     import socket
 
     run = tmp_path / "run"
-    assert _render(tiny_recipe, run, "--launcher", "torchrun", "--nodes", "2", "--gpus", "1").exit_code == 0
+    assert _render(tiny_recipe, run, "--launcher", launcher, "--nodes", "2", "--gpus", "1").exit_code == 0
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
