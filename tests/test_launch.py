@@ -208,3 +208,31 @@ exec {sys.executable} "$@"
     proc = _run_script(run, {"PYTHON": str(fake), "LFX_DEVICE": "cuda", "PATH": f"{BIN}{os.pathsep}/usr/bin:/bin"})
     assert proc.returncode == 2 and "no GPU visible" in proc.stderr  # went on to the preflight after installing
     assert calls.read_text().splitlines() == ["install torchaudio==2.6.0 torchvision==0.21.0", f"install -e {REPO}"]
+
+
+def test_background_run_writes_to_the_workspace_volume_and_stops_the_pod(tiny_recipe, tmp_path):
+    """--background returns at once and logs to train.log; outputs land on the (here, stand-in)
+    /workspace volume; with RUNPOD_STOP_WHEN_DONE=1 the pod is stopped after training."""
+    import time
+
+    run = tmp_path / "run"
+    assert _render(tiny_recipe, run, "--launcher", "torchrun").exit_code == 0
+    workspace, bin_dir = tmp_path / "workspace", tmp_path / "bin"
+    workspace.mkdir()
+    bin_dir.mkdir()
+    stopped = tmp_path / "runpodctl-calls.txt"
+    (bin_dir / "runpodctl").write_text(f'#!/usr/bin/env bash\necho "$*" >> {stopped}\n')
+    (bin_dir / "runpodctl").chmod(0o755)
+    env = {"LFX_WORKSPACE": str(workspace), "RUNPOD_STOP_WHEN_DONE": "1", "RUNPOD_POD_ID": "pod-123",
+           "PATH": f"{bin_dir}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
+    start = time.monotonic()
+    proc = subprocess.run([str(run / "train_sft.sh"), "--background"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "LFX_DEVICE": "cpu", "MIN_FREE_DISK_GB": "1", **env})  # fmt: skip
+    assert proc.returncode == 0 and f"tail -f {run}/train.log" in proc.stdout
+    assert time.monotonic() - start < 30  # it did not wait for training
+    while not stopped.exists() and time.monotonic() - start < 540:
+        time.sleep(2)
+    assert stopped.read_text().strip() == "stop pod pod-123", (run / "train.log").read_text()[-3000:]
+    out = workspace / "lfx-runs" / "tiny" / "output"
+    assert (out / "adapter_model.safetensors").is_file() and not (run / "output").exists()
+    assert "train_loss" in (run / "train.log").read_text()
