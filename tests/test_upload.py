@@ -91,3 +91,12 @@ def test_upload_refuses_a_folder_that_is_not_a_model(tmp_path):
     (tmp_path / "notes.txt").write_text("hi")
     proc = _upload(str(tmp_path), "--repo", "tony/x", endpoint="http://127.0.0.1:9", home=tmp_path)
     assert proc.returncode == 2 and "neither a merged model" in proc.stderr
+
+
+def test_upload_uses_the_stored_hub_login_to_a_local_standin_hub_server(merged_ironman, tmp_path):
+    (tmp_path / "token").write_text(FAKE_TOKEN)  # what `hf auth login` stores under HF_HOME
+    with HubStandin() as hub:
+        proc = _upload(str(merged_ironman), "--repo", "tony/from-login", endpoint=hub.url, token=None, home=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        writes = [r for r in hub.requests if r["path"].startswith("/api/models/tony/")]
+        assert writes and all(r["auth"] == f"Bearer {FAKE_TOKEN}" for r in writes)
