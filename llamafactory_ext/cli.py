@@ -283,29 +283,29 @@ def plan(recipe, gpus, gpu_type, as_json):
 
     from .plan import plan as make_plan
     from .plan import render_plan
+    from .recipe import load_recipe
 
     if not Path(recipe).is_file():
         raise LfxError(f"{recipe}: file not found")
-    tokens, source = _mean_tokens(recipe)
-    result = make_plan(recipe, gpus=gpus, gpu=gpu_type, tokens=tokens, tokens_source=source)
+    from .check import quiet_llamafactory
+
+    quiet_llamafactory()
+    loaded = load_recipe(recipe, None, {"gpus": gpus} if gpus else None)
+    tokens, source = _mean_tokens(loaded)
+    result = make_plan(loaded, gpu=gpu_type, tokens=tokens, tokens_source=source)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:
         from rich.console import Console
 
-        from .recipe import load_recipe
-
-        render_plan(result, Console(highlight=False), bool(load_recipe(recipe).args.get("bf16")))
+        render_plan(result, Console(highlight=False), bool(loaded.args.get("bf16")))
 
 
-def _mean_tokens(recipe_path: str) -> tuple[int | None, str | None]:
+def _mean_tokens(recipe) -> tuple[int | None, str | None]:
     """Mean tokens per sample (capped at cutoff_len) with the run's tokenizer, when it is available here."""
-    from .check import aligned_records, load_tokenizer_and_template, message_lengths, quiet_llamafactory
-    from .recipe import load_recipe
+    from .check import aligned_records, load_tokenizer_and_template, message_lengths
     from .train import _names
 
-    quiet_llamafactory()
-    recipe = load_recipe(recipe_path)
     try:
         tokenizer, template = load_tokenizer_and_template(recipe)
     except LfxError:

@@ -17,7 +17,7 @@ from typing import Any
 from .errors import LfxError
 from .files import read_json, read_yaml
 from .paths import REPO_ROOT
-from .recipe import GPUS_FILE, Recipe, gpu_type, load_recipe
+from .recipe import GPUS_FILE, Recipe, gpu_type
 
 MODELS_FILE = REPO_ROOT / "launch" / "models.yaml"
 MFU = 0.40
@@ -175,10 +175,8 @@ def _hours(arch: Arch, recipe: Recipe, total_steps: int, global_batch: int, toke
     return flops / (world * gpu["tflops"] * 1e12 * MFU) / 3600
 
 
-def plan(recipe_path: str | Path, *, gpus: int | None = None, gpu: str | None = None, tokens: int | None = None,
-         tokens_source: str | None = None) -> Plan:  # fmt: skip
-    launch = {"gpus": gpus} if gpus else None
-    recipe = load_recipe(recipe_path, None, launch)
+def plan(recipe: Recipe, *, gpu: str | None = None, tokens: int | None = None, tokens_source: str | None = None) -> Plan:
+    """The plan of a loaded recipe; `tokens` is the mean tokens per sample when known (else cutoff_len)."""
     arch = architecture(recipe)
     chosen = gpu_type(gpu or recipe.launch["gpu_type"] or "A100-80GB-SXM")
     args = recipe.args

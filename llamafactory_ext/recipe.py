@@ -125,7 +125,8 @@ def check_arguments(where: str, data: dict[str, Any]) -> None:
     for key in POSITIVE:
         if key in data and data[key] is not None and data[key] <= 0:
             raise LfxError(f"{where}: field '{key}': must be positive, got {data[key]}")
-    if data.get("max_steps") is not None and data["max_steps"] == 0 or (data.get("max_steps") or -1) < -1:
+    max_steps = data.get("max_steps")
+    if max_steps is not None and (max_steps == 0 or max_steps < -1):
         raise LfxError(f"{where}: field 'max_steps': must be positive (or -1 for num_train_epochs), got {data['max_steps']}")
     for key in ("warmup_ratio", "lora_dropout"):
         if key in data and not 0 <= data[key] < 1:
