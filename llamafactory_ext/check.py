@@ -314,7 +314,7 @@ def _key(record: dict[str, Any], with_response: bool = True) -> tuple:
 
 
 def duplicates(report: Report, recipe: Recipe, data: dict[str, list[dict[str, Any]]]) -> None:
-    from .train import _names
+    from .datasets import dataset_names as _names
 
     where = str(recipe.path)
     for name, records in data.items():
@@ -342,13 +342,13 @@ def duplicates(report: Report, recipe: Recipe, data: dict[str, list[dict[str, An
 
 
 def check(recipe_path: str | Path, *, preset: str | None = None, launch: dict | None = None,
-          gpu: str | None = None, max_cut_share: float = 0.01) -> Report:  # fmt: skip
+          gpu: str | None = None, max_cut_share: float = 0.01, overrides: list[str] | tuple[str, ...] = ()) -> Report:  # fmt: skip
     """Run every check; raises LfxError on the first error, returns the report with warnings."""
     quiet_llamafactory()
     from .datasets import _records, check_entry, load_entries
-    from .train import _names
+    from .datasets import dataset_names as _names
 
-    recipe = load_recipe(recipe_path, preset, launch)
+    recipe = load_recipe(recipe_path, preset, launch, overrides)
     gpu_row = gpu_type(gpu or recipe.launch["gpu_type"]) if (gpu or recipe.launch["gpu_type"]) else None
     check_combinations(recipe, gpu_row)
     entries = load_entries()

@@ -115,26 +115,37 @@ def datasets_register(into, force, names):
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
-@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.argument("recipe", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
-@click.option("--nproc-per-node", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Processes to start with torchrun (one per GPU).")
-def train(config, overrides, nproc_per_node):
-    """Train with LLaMA-Factory: CONFIG.yaml [key=value ...], our templates and datasets registered."""
-    from .train import load_config, prepare, split_argv
+@click.option("-o", "--out", "run_dir", default=None, type=click.Path(file_okay=False),
+              help="Run folder to render into (default: runs/NAME, NAME the recipe's).")
+@click.option("--dry-run", is_flag=True, help="Render, then show what train_sft.sh would do; launch nothing.")
+@click.option("--background", is_flag=True, help="Train under nohup, logging to the output's train.log.")
+def train(recipe, overrides, run_dir, dry_run, background):
+    """Train RECIPE [key=value ...]: render it into a run folder and run that folder's train_sft.sh.
 
-    path, extra = split_argv([config, *overrides])
-    prepare(load_config(path, extra), path)  # fail here, in seconds, before any process starts
-    if nproc_per_node == 1:
-        cmd = [sys.executable, "-m", "llamafactory_ext.train", path, *extra]
-    else:
-        torchrun = shutil.which("torchrun") or "torchrun"
-        cmd = [torchrun, f"--nproc_per_node={nproc_per_node}", "-m", "llamafactory_ext.train", path, *extra]
-    sys.exit(subprocess.call(cmd, env=os.environ.copy()))
+    The preset is expanded, `launch` gives the processes per node, nodes, launcher and ZeRO stage
+    (`launch.gpus=2` overrides it), the rest are LLaMA-Factory arguments. Without a GPU
+    (no nvidia-smi) the run uses CPU processes (LFX_DEVICE=cpu). Plain LLaMA-Factory configs run with
+    `python -m llamafactory_ext.train CONFIG.yaml` under any launcher.
+    """
+    from .render import render as render_run
+
+    run = Path(run_dir) if run_dir else Path("runs") / Path(recipe).stem
+    render_run(recipe, run, overrides=overrides)  # every check runs here, before anything is written
+    env = os.environ.copy()
+    if "LFX_DEVICE" not in env and shutil.which("nvidia-smi") is None:
+        click.echo("no GPU here (nvidia-smi not found): training on CPU processes (LFX_DEVICE=cpu)")
+        env["LFX_DEVICE"] = "cpu"
+    # The script runs this package with the same interpreter, wherever the shell's python points.
+    env.setdefault("PYTHON", sys.executable)
+    flags = [f for f, on in (("--dry-run", dry_run), ("--background", background)) if on]
+    sys.exit(subprocess.call([str(run / "train_sft.sh"), *flags], env=env))
 
 
-@main.command()
-@click.argument("recipe", type=click.Path(exists=True, dir_okay=False))
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Run folder to write (e.g. runs/ironman).")
 @click.option("--preset", default=None, help="Model preset from launch/presets.yaml instead of the recipe's.")
@@ -142,8 +153,8 @@ def train(config, overrides, nproc_per_node):
 @click.option("--nodes", type=int, default=None, help="Nodes.")
 @click.option("--zero-stage", default=None, help="DeepSpeed ZeRO stage: 0, 2, 3, or z0/z2/z3.")
 @click.option("--launcher", default=None, help="deepspeed or torchrun.")
-def render(recipe, out_dir, preset, gpus, nodes, zero_stage, launcher):
-    """Render RECIPE (launch/*.yaml) into a run folder with train_sft.sh."""
+def render(recipe, overrides, out_dir, preset, gpus, nodes, zero_stage, launcher):
+    """Render RECIPE [key=value ...] (launch/*.yaml) into a run folder with train_sft.sh."""
     from .render import render as render_run
 
     launch = {"gpus": gpus, "nodes": nodes, "launcher": launcher}
@@ -151,7 +162,7 @@ def render(recipe, out_dir, preset, gpus, nodes, zero_stage, launcher):
         stage = zero_stage.lower().removeprefix("z")
         launch["zero_stage"] = int(stage) if stage.isdigit() else zero_stage
     launch = {k: v for k, v in launch.items() if v is not None}
-    for path in render_run(recipe, out_dir, preset, launch):
+    for path in render_run(recipe, out_dir, preset, launch, overrides):
         click.echo(f"wrote {path}")
     click.echo(f"run it with: {Path(out_dir) / 'train_sft.sh'} [--background]")
 
@@ -243,16 +254,17 @@ def compare(before, after, prompts_file, out_file, max_new_tokens):
         click.echo(table, nl=False)
 
 
-@main.command()
+@main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
 @click.option("--preset", default=None, help="Model preset from launch/presets.yaml instead of the recipe's.")
 @click.option("--gpu-type", default=None, help="Target GPU type from launch/gpus.yaml (bf16 support).")
 @click.option("--max-cut", type=click.FloatRange(0, 1), default=0.01, show_default=True,
               help="Warn when more than this share of samples is cut at cutoff_len.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--strict", is_flag=True, help="Exit 1 when there are warnings.")
-def check(recipe, preset, gpu_type, max_cut, as_json, strict):
-    """Validate a run (recipe, datasets, templates, tokenizer, token lengths, labels) without a GPU.
+def check(recipe, overrides, preset, gpu_type, max_cut, as_json, strict):
+    """Validate a run RECIPE [key=value ...] (recipe, datasets, templates, tokenizer, token lengths, labels) without a GPU.
 
     Exit status: 0 clean (or warnings only), 1 warnings under --strict, 2 errors.
     """
@@ -261,7 +273,7 @@ def check(recipe, preset, gpu_type, max_cut, as_json, strict):
 
     if not Path(recipe).is_file():
         raise LfxError(f"{recipe}: file not found")
-    report = run_check(recipe, preset=preset, gpu=gpu_type, max_cut_share=max_cut)
+    report = run_check(recipe, preset=preset, gpu=gpu_type, max_cut_share=max_cut, overrides=overrides)
     if as_json:
         click.echo(report.to_json())
     else:
@@ -272,12 +284,13 @@ def check(recipe, preset, gpu_type, max_cut, as_json, strict):
         sys.exit(1)
 
 
-@main.command()
+@main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
 @click.option("--gpus", type=click.IntRange(min=1), default=None, help="GPUs per node (default: the recipe's).")
 @click.option("--gpu-type", default=None, help="GPU type from launch/gpus.yaml (default: launch.gpu_type or A100-80GB-SXM).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def plan(recipe, gpus, gpu_type, as_json):
+def plan(recipe, overrides, gpus, gpu_type, as_json):
     """Samples, batch, steps, per-GPU memory (DeepSpeed's estimators), time and cost of a run."""
     import json
 
@@ -290,7 +303,7 @@ def plan(recipe, gpus, gpu_type, as_json):
     from .check import quiet_llamafactory
 
     quiet_llamafactory()
-    loaded = load_recipe(recipe, None, {"gpus": gpus} if gpus else None)
+    loaded = load_recipe(recipe, None, {"gpus": gpus} if gpus else None, overrides)
     tokens, source = _mean_tokens(loaded)
     result = make_plan(loaded, gpu=gpu_type, tokens=tokens, tokens_source=source)
     if as_json:
@@ -304,14 +317,14 @@ def plan(recipe, gpus, gpu_type, as_json):
 def _mean_tokens(recipe) -> tuple[int | None, str | None]:
     """Mean tokens per sample (capped at cutoff_len) with the run's tokenizer, when it is available here."""
     from .check import aligned_records, load_tokenizer_and_template, message_lengths
-    from .train import _names
+    from .datasets import dataset_names
 
     try:
         tokenizer, template = load_tokenizer_and_template(recipe)
     except LfxError:
         return None, None
     cutoff = int(recipe.args.get("cutoff_len", 2048))
-    totals = [min(sum(lens), cutoff) for name in _names(recipe.args["dataset"])
+    totals = [min(sum(lens), cutoff) for name in dataset_names(recipe.args["dataset"])
               for lens in message_lengths(tokenizer, template, aligned_records(recipe, name))]  # fmt: skip
     return int(sum(totals) / len(totals)), "the datasets, with the run's tokenizer and template"
 

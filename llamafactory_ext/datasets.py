@@ -256,11 +256,22 @@ def select(entries: dict[str, DatasetEntry], names: list[str] | None) -> list[Da
     return [entries[name] for name in names]
 
 
-def register_datasets(into: str | Path, names: list[str] | None = None, force: bool = False) -> list[str]:
+def dataset_names(value: Any) -> list[str]:
+    """The names in a `dataset`/`eval_dataset` value: "a, b" or a list, as LLaMA-Factory splits them."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [n.strip() for n in value.split(",") if n.strip()]
+    return [str(n).strip() for n in value]
+
+
+def register_datasets(into: str | Path, names: list[str] | None = None, force: bool = False,
+                      keep_lfx: bool = False) -> list[str]:  # fmt: skip
     """Merge our entries (and copy their files) into `into`/dataset_info.json.
 
     Existing entries are kept; redefining one differently is refused unless `force`. Everything is
-    validated and every conflict found before the first byte is written.
+    validated and every conflict found before the first byte is written. `keep_lfx` keeps our `lfx`
+    key (a run folder's snapshot, which `lfx check` reads back); LLaMA-Factory ignores it.
     """
     into = Path(into)
     chosen = select(load_entries(), names)
@@ -275,12 +286,13 @@ def register_datasets(into: str | Path, names: list[str] | None = None, force: b
     merged = dict(existing)
     copies = []
     for entry in chosen:
+        info = entry.info if keep_lfx else entry.lf_info
         old = existing.get(entry.name)
-        if old is not None and old != entry.lf_info and not force:
+        if old is not None and old != info and not force:
             raise LfxError(
                 f"{info_path}: dataset '{entry.name}' is already defined differently (use --force to replace it)"
             )
-        merged[entry.name] = entry.lf_info
+        merged[entry.name] = info
         if entry.path is not None:
             target = into / entry.info["file_name"]
             if target.exists() and not filecmp.cmp(entry.path, target, shallow=False):

@@ -88,11 +88,11 @@ def lora_params(arch: Arch, args: dict[str, Any]) -> float:
 
 def samples(recipe: Recipe) -> int:
     from .datasets import _records, load_entries
-    from .train import _names
+    from .datasets import dataset_names
 
     entries = load_entries()
     total = 0
-    for name in _names(recipe.args["dataset"]):
+    for name in dataset_names(recipe.args["dataset"]):
         count = len(_records(entries[name]))
         total += min(count, recipe.args["max_samples"]) if recipe.args.get("max_samples") else count
     val = recipe.args.get("val_size") or 0

@@ -18,6 +18,7 @@ from typing import Any
 
 from .errors import LfxError
 from .files import read_yaml
+from .datasets import dataset_names
 from .paths import REPO_ROOT
 
 PRESETS_FILE = REPO_ROOT / "launch" / "presets.yaml"
@@ -35,11 +36,49 @@ class Recipe:
     name: str
     args: dict[str, Any]  # LLaMA-Factory arguments
     launch: dict[str, Any]
+    deepspeed_config: Path  # the run folder's ds_config.json for a rendered recipe, else ours for the stage
 
     @property
-    def deepspeed_config(self) -> Path:
-        suffix = "_offload" if self.launch["offload"] else ""
-        return REPO_ROOT / "deepspeed_configs" / f"ds_z{self.launch['zero_stage']}{suffix}_config.json"
+    def datasets(self) -> list[str]:
+        """Training and evaluation datasets, each once, in order."""
+        return list(dict.fromkeys(dataset_names(self.args["dataset"]) + dataset_names(self.args.get("eval_dataset"))))
+
+
+def stage_config(launch: dict[str, Any]) -> Path:
+    """Our DeepSpeed config for the launch block's ZeRO stage and offload."""
+    suffix = "_offload" if launch["offload"] else ""
+    return REPO_ROOT / "deepspeed_configs" / f"ds_z{launch['zero_stage']}{suffix}_config.json"
+
+
+def parse_overrides(where: str, overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """`key=value` words (values typed as LLaMA-Factory's CLI types them, with OmegaConf); `launch.gpus=2`
+    reaches the launch block."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    for word in overrides:
+        key = word.split("=", 1)[0]
+        if "=" not in word or not key or word.startswith("-"):
+            raise LfxError(f"{where}: override '{word}' is not key=value (e.g. learning_rate=1e-4 or launch.gpus=2)")
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as err:
+        raise LfxError(f"{where}: overrides: {str(err).splitlines()[0]}") from None
+
+
+# LLaMA-Factory's token arguments. A token in a recipe would be copied into train.yaml, recipe.yaml
+# and logs; tokens come from the environment (HF_TOKEN) or the Hub login instead.
+TOKEN_KEYS = ("hf_hub_token", "ms_hub_token", "om_hub_token")
+SECRET_VALUE = re.compile(r"^(hf_|ms-|sk-|om_)?[A-Za-z0-9_\-]{20,}$")
+
+
+def refuse_secrets(where: str, data: dict[str, Any]) -> None:
+    for key, value in data.items():
+        if not value or not isinstance(value, str):
+            continue
+        if key in TOKEN_KEYS or (key.endswith("_token") and SECRET_VALUE.match(value) and any(c.isdigit() for c in value)):
+            raise LfxError(f"{where}: field '{key}': a token does not belong in a recipe (it would be copied into the "
+                           "run folder); set HF_TOKEN in the environment or run 'hf auth login', and remove it")
 
 
 def llamafactory_argument_types() -> dict[str, Any]:
@@ -201,20 +240,28 @@ def _check_batch(where: str, args: dict[str, Any], launch: dict[str, Any]) -> No
         )
 
 
-def load_recipe(path: str | Path, preset: str | None = None, launch: dict[str, Any] | None = None) -> Recipe:
+def load_recipe(path: str | Path, preset: str | None = None, launch: dict[str, Any] | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> Recipe:  # fmt: skip
     """Read a recipe, apply its preset, and check it against LLaMA-Factory, our templates and datasets.
 
-    `preset` and `launch` override the file's (the Makefile's MODEL=, GPUS=, STAGE=, LAUNCHER=).
+    Every command reads recipes through here (check, plan, render, train). `preset` and `launch`
+    override the file's (the Makefile's MODEL=, GPUS=, STAGE=, LAUNCHER=), and so do `key=value`
+    overrides (`launch.gpus=2` for the launch block).
     """
     from .datasets import load_entries
-    from .train import _names
 
     path = Path(path)
     where = str(path)
+    if not path.is_file():
+        raise LfxError(f"{where}: file not found")
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise LfxError(f"{where}: expected a mapping, got {type(data).__name__}")
-    data = dict(data)
+    extra = parse_overrides(where, overrides)
+    if isinstance(extra.get("launch"), dict) and isinstance(data.get("launch", {}), dict):
+        extra["launch"] = {**data.get("launch", {}), **extra["launch"]}
+    data = {**data, **extra}
+    refuse_secrets(where, data)
     block = data.pop("launch", {})
     launch = _check_launch(where, {**block, **(launch or {})} if isinstance(block, dict) else block)
     preset_name = preset or data.pop("preset", None)
@@ -254,7 +301,36 @@ def load_recipe(path: str | Path, preset: str | None = None, launch: dict[str, A
     if data["template"] not in TEMPLATES:
         raise LfxError(f"{where}: field 'template': unknown template '{data['template']}' (ours: {', '.join(ours)})")
     entries = load_entries()
-    for name in _names(data["dataset"]) + _names(data.get("eval_dataset")):
-        if name not in entries:
-            raise LfxError(f"{where}: field 'dataset': unknown dataset '{name}' (known: {', '.join(sorted(entries))})")
-    return Recipe(path=path, name=path.stem, args=data, launch=launch)
+    for field_name in ("dataset", "eval_dataset"):
+        for name in dataset_names(data.get(field_name)):
+            if name not in entries:
+                raise LfxError(f"{where}: field '{field_name}': unknown dataset '{name}' (known: {', '.join(sorted(entries))})")
+    return Recipe(path=path, name=_run_name(path), args=data, launch=launch,
+                  deepspeed_config=_deepspeed_config(where, path, launch))  # fmt: skip
+
+
+RUN_RECIPE = "recipe.yaml"  # the resolved recipe in a rendered run folder
+
+
+def _run_name(path: Path) -> str:
+    """A recipe's run name: its file name, or for a run folder's recipe.yaml the name it was rendered from."""
+    if path.name == RUN_RECIPE:
+        first = path.read_text(encoding="utf-8").split("\n", 1)[0]
+        found = re.search(r"from (\S+?)\.ya?ml", first)
+        if found:
+            return found.group(1)
+    return path.stem
+
+
+def _deepspeed_config(where: str, path: Path, launch: dict[str, Any]) -> Path:
+    """A rendered run folder checks and trains with its own ds_config.json; a source recipe with ours."""
+    own = path.parent / "ds_config.json"
+    if path.name != RUN_RECIPE or not own.is_file():
+        return stage_config(launch)
+    from .files import read_json
+
+    stage = (read_json(own).get("zero_optimization") or {}).get("stage", 0)
+    if stage != launch["zero_stage"]:
+        raise LfxError(f"{own}: zero_optimization.stage {stage} does not match launch.zero_stage "
+                       f"{launch['zero_stage']} of {where} (re-render the run folder)")
+    return own

@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .datasets import INFO_FILE, load_entries, register_datasets
+from .datasets import INFO_FILE, dataset_names, load_entries, register_datasets
 from .errors import LfxError
 from .files import atomic_write_text, dump_json, read_json, read_yaml
-from .paths import datasets_dir
+from .paths import datasets_dir, resolve_model
 
 USAGE = "usage: python -m llamafactory_ext.train CONFIG.yaml [key=value ...]"
 
@@ -55,21 +55,20 @@ def load_config(path: str, overrides: list[str]) -> dict[str, Any]:
     return OmegaConf.to_container(merged)
 
 
-def _names(value: Any) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [n.strip() for n in value.split(",") if n.strip()]
-    return [str(n).strip() for n in value]
-
-
 def prepare(config: dict[str, Any], config_path: str = "config") -> dict[str, Any]:
-    """Register templates and datasets in this process and point the config at them."""
+    """Register templates and datasets in this process and point the config at them.
+
+    A `dataset_dir` that already defines a dataset (a rendered run folder's `data/` snapshot) is used
+    as it is: the live `datasets/` is never compared with it, so editing the source data after
+    rendering cannot break a run. Only datasets of ours that it lacks are added to it.
+    """
     from llamafactory.data.template import TEMPLATES
 
     from .templates import register_templates
 
     ours = register_templates()
+    if config.get("model_name_or_path"):
+        config["model_name_or_path"] = resolve_model(str(config["model_name_or_path"]))
     template = config.get("template")
     if template is not None and template not in TEMPLATES:
         raise LfxError(
@@ -78,22 +77,23 @@ def prepare(config: dict[str, Any], config_path: str = "config") -> dict[str, An
         )
 
     entries = load_entries()
-    wanted = _names(config.get("dataset")) + _names(config.get("eval_dataset"))
     dataset_dir = config.get("dataset_dir")
     if dataset_dir is None:
         config["dataset_dir"] = str(datasets_dir())
-        known = set(entries)
+        present: set[str] = set()
     else:
         info_path = Path(dataset_dir) / INFO_FILE
-        known = set(entries) | set(read_json(info_path) if info_path.exists() else {})
-    for name in wanted:
-        if name not in known:
-            raise LfxError(
-                f"{config_path}: field 'dataset': unknown dataset '{name}' (known: {', '.join(sorted(known))})"
-            )
-    mine = [n for n in dict.fromkeys(wanted) if n in entries]
-    if mine:
-        register_datasets(config["dataset_dir"], mine)
+        present = set(read_json(info_path)) if info_path.exists() else set()
+    missing = []
+    for field_name in ("dataset", "eval_dataset"):
+        for name in dataset_names(config.get(field_name)):
+            if name not in present and name not in entries:
+                known = ", ".join(sorted(present | set(entries)))
+                raise LfxError(f"{config_path}: field '{field_name}': unknown dataset '{name}' (known: {known})")
+            if name not in present:
+                missing.append(name)
+    if missing:
+        register_datasets(config["dataset_dir"], list(dict.fromkeys(missing)))
     return config
 
 
@@ -101,9 +101,10 @@ SECRET_KEY = re.compile(r"(^|_)(token|secret|password)$")
 RUN_RECORD = "lfx_run.json"
 
 
-def write_run_record(config: dict[str, Any]) -> Path | None:
+def write_run_record(config: dict[str, Any], config_path: str | None = None) -> Path | None:
     """Rank 0 writes what `lfx merge` and the model card need into output_dir: the run's arguments
-    (secrets dropped) and its template's system prompt and stop words."""
+    (secrets dropped), its template's system prompt and stop words, and, for a rendered run folder,
+    the resolved recipe (LLaMA-Factory arguments plus the launch block) it was rendered from."""
     if int(os.environ.get("RANK", "0")) != 0 or not config.get("output_dir"):
         return None
     from llamafactory_ext import __version__
@@ -123,9 +124,37 @@ def write_run_record(config: dict[str, Any]) -> Path | None:
             "default_system": template.default_system,
             "stop_words": list(template.stop_words),
         }
+    recipe = Path(config_path).parent / "recipe.yaml" if config_path else None
+    if recipe is not None and recipe.is_file():
+        resolved = read_yaml(recipe)
+        record["recipe"] = {k: v for k, v in resolved.items() if not SECRET_KEY.search(k)}
     path = Path(config["output_dir"]) / RUN_RECORD
     atomic_write_text(path, dump_json(record))
     return path
+
+
+def resume_agreement():
+    """A callback that stops the run when ranks resumed from different steps. Every node picks its
+    resume point from its own output folder; nodes that do not share one (and did not save on each
+    node) would otherwise train out of step without a word."""
+    from transformers import TrainerCallback
+
+    class ResumeAgreement(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            import torch.distributed as dist
+
+            if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+                return
+            steps: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(steps, state.global_step)
+            if len(set(steps)) > 1:
+                by_step = ", ".join(f"rank {rank}: step {step}" for rank, step in enumerate(steps))
+                print(f"error: the ranks resumed from different checkpoints ({by_step}); every node must see the "
+                      "same output folder (a shared OUTPUT_ROOT, or save_on_each_node: true)", file=sys.stderr)
+                sys.stderr.flush()
+                os._exit(2)
+
+    return ResumeAgreement()
 
 
 def _finish() -> None:
@@ -146,13 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path, overrides = split_argv(sys.argv[1:] if argv is None else argv)
         config = prepare(load_config(path, overrides), path)
-        write_run_record(config)
+        write_run_record(config, path)
     except LfxError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     from llamafactory.train.tuner import run_exp
 
-    run_exp(config)
+    run_exp(config, callbacks=[resume_agreement()])
     _finish()
     return 0
 
