@@ -7,7 +7,11 @@ every other node connects and says who it is and what it runs; node 0 answers `g
 come with matching settings, then closes the port for the launcher to take. Any node that is missing,
 unreachable or mismatched ends every waiting node with one line, within the timeout.
 
-Standard library only: `python -m llamafactory_ext.lobby ADDR PORT NODES RANK TIMEOUT IDENTITY`.
+Each node also says which checkpoint step it would resume from (`none` for a fresh start): nodes that
+do not see the same checkpoints are stopped here, before the launcher, where they would otherwise
+deadlock in the checkpoint load or train out of step.
+
+Standard library only: `python -m llamafactory_ext.lobby ADDR PORT NODES RANK TIMEOUT IDENTITY RESUME`.
 """
 
 from __future__ import annotations
@@ -37,8 +41,8 @@ def _receive(conn: socket.socket, deadline: float) -> dict:
     return json.loads(data)
 
 
-def host(port: int, nodes: int, identity: str, timeout: float) -> None:
-    """Node 0: wait for nodes 1..N-1 with the same identity, then tell them all to go."""
+def host(port: int, nodes: int, identity: str, timeout: float, resume: str = "none") -> None:
+    """Node 0: wait for nodes 1..N-1 with the same identity and resume point, then tell them all to go."""
     deadline = time.monotonic() + timeout
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -73,6 +77,10 @@ def host(port: int, nodes: int, identity: str, timeout: float) -> None:
                 problem = f"a node says NODE_RANK {hello.get('rank')}, outside 1..{nodes - 1}"
             elif hello["rank"] in joined:
                 problem = f"two nodes say NODE_RANK {hello['rank']}"
+            elif hello.get("resume", "none") != resume:
+                # Ranks resuming from different steps would deadlock in the checkpoint load or train out of step.
+                problem = (f"node {hello['rank']} would resume from {hello.get('resume')}, node 0 from {resume}: every node "
+                           "must see the same checkpoints (a shared OUTPUT_ROOT, or save_on_each_node: true)")
             if problem:
                 _send(conn, {"error": problem})
                 conn.close()
@@ -82,13 +90,21 @@ def host(port: int, nodes: int, identity: str, timeout: float) -> None:
             joined[hello["rank"]] = conn
         for conn in joined.values():
             _send(conn, {"go": True})
+        # Let the workers hang up first, so the closed connections linger (TIME_WAIT) on their side
+        # and the launcher can take this port at once.
+        for conn in joined.values():
+            conn.settimeout(5)
+            try:
+                conn.recv(1)
+            except OSError:
+                pass
     finally:
         for conn in joined.values():
             conn.close()
         server.close()
 
 
-def join(addr: str, port: int, rank: int, identity: str, timeout: float) -> None:
+def join(addr: str, port: int, rank: int, identity: str, timeout: float, resume: str = "none") -> None:
     """Nodes 1..N-1: reach node 0 (retrying until the timeout), say who we are, wait for go."""
     deadline = time.monotonic() + timeout
     while True:
@@ -101,7 +117,7 @@ def join(addr: str, port: int, rank: int, identity: str, timeout: float) -> None
                                  "start NODE_RANK=0 with the same MASTER_PORT, and check MASTER_ADDR") from None  # fmt: skip
             time.sleep(1.0)
     with conn:
-        _send(conn, {"rank": rank, "identity": identity})
+        _send(conn, {"rank": rank, "identity": identity, "resume": resume})
         try:
             answer = _receive(conn, deadline)
         except (OSError, ValueError):
@@ -111,15 +127,16 @@ def join(addr: str, port: int, rank: int, identity: str, timeout: float) -> None
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 6:
-        print("usage: python -m llamafactory_ext.lobby ADDR PORT NODES RANK TIMEOUT IDENTITY", file=sys.stderr)
+    if len(argv) != 7:
+        print("usage: python -m llamafactory_ext.lobby ADDR PORT NODES RANK TIMEOUT IDENTITY RESUME", file=sys.stderr)
         return 2
     addr, port, nodes, rank, timeout, identity = argv[0], int(argv[1]), int(argv[2]), int(argv[3]), float(argv[4]), argv[5]
+    resume = argv[6]
     try:
         if rank == 0:
-            host(port, nodes, identity, timeout)
+            host(port, nodes, identity, timeout, resume)
         else:
-            join(addr, port, rank, identity, timeout)
+            join(addr, port, rank, identity, timeout, resume)
     except LobbyError as err:
         print(f"train_sft.sh: error: {err}", file=sys.stderr)
         return 2

@@ -35,11 +35,13 @@ class Torch:
     cuda: str | None  # torch.version.cuda, e.g. 12.6; None for a CPU build
     has_torchaudio: bool  # already present and importable beside this torch
     has_torchvision: bool
+    distribution: str = ""  # the version pip knows it by (PyPI's CUDA wheels: 2.11.0 for 2.11.0+cu130)
 
 
 def probe(python: str) -> Torch | None:
     """The torch of `python` (None when it has none), and whether torchaudio/torchvision import beside it."""
-    code = ("import json, torch\nout = {'version': torch.__version__, 'cuda': torch.version.cuda}\n"
+    code = ("import json, torch, importlib.metadata as md\n"
+            "out = {'version': torch.__version__, 'cuda': torch.version.cuda, 'dist': md.version('torch')}\n"
             "for name in ('torchaudio', 'torchvision'):\n"
             "    try:\n        __import__(name); out[name] = True\n    except Exception:\n        out[name] = False\n"
             "print(json.dumps(out))")  # fmt: skip
@@ -47,7 +49,7 @@ def probe(python: str) -> Torch | None:
     if proc.returncode != 0:
         return None
     found = json.loads(proc.stdout.strip().splitlines()[-1])
-    return Torch(found["version"], found["cuda"], found["torchaudio"], found["torchvision"])
+    return Torch(found["version"], found["cuda"], found["torchaudio"], found["torchvision"], found["dist"])
 
 
 def build_tag(torch: Torch) -> str:
@@ -70,8 +72,11 @@ def plan(torch: Torch | None, repo: str, index: str | None = None) -> list[list[
     """The pip argument lists to run, in order (each after `python -m pip`)."""
     if torch is None:  # no torch at all: the pinned CPU triple with the repo (the `cpu` extra)
         return [["install", "-e", f"{repo}[cpu]"]]
-    found = RELEASE.match(torch.version)
+    pinned = ["install", "--constraint", "TORCH_CONSTRAINT", "-e", repo]
+    if torch.has_torchaudio and torch.has_torchvision:  # whatever its build (NGC too): nothing to fetch
+        return [pinned]
     tag = build_tag(torch)
+    found = RELEASE.match(torch.version)
     release = ".".join(found.group(i) for i in (1, 2, 3))
     major, minor, patch = (int(found.group(i)) for i in (1, 2, 3))
     if major != 2:
@@ -85,7 +90,7 @@ def plan(torch: Torch | None, repo: str, index: str | None = None) -> list[list[
     if companions:
         url = index or f"{TORCH_INDEX}/{tag}"
         steps.append(["install", "--no-deps", "--index-url", url, *companions])
-    steps.append(["install", "--constraint", "TORCH_CONSTRAINT", "-e", repo])
+    steps.append(pinned)
     return steps
 
 
@@ -101,8 +106,8 @@ def install(python: str, repo: str, dry_run: bool = False) -> None:
         if before is not None:
             if not dry_run:
                 with open(constraint, "w", encoding="utf-8") as f:
-                    f.write(f"torch=={before.version}\n")
-            pin = f"torch=={before.version}"
+                    f.write(f"torch=={before.distribution or before.version}\n")
+            pin = f"torch=={before.distribution or before.version}"
         for step in steps:
             shown = [("<file: " + pin + ">") if a == "TORCH_CONSTRAINT" else a for a in step]
             print(("would run: " if dry_run else "+ ") + " ".join([python, "-m", "pip", *shown]), flush=True)

@@ -133,30 +133,6 @@ def write_run_record(config: dict[str, Any], config_path: str | None = None) -> 
     return path
 
 
-def resume_agreement():
-    """A callback that stops the run when ranks resumed from different steps. Every node picks its
-    resume point from its own output folder; nodes that do not share one (and did not save on each
-    node) would otherwise train out of step without a word."""
-    from transformers import TrainerCallback
-
-    class ResumeAgreement(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            import torch.distributed as dist
-
-            if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-                return
-            steps: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(steps, state.global_step)
-            if len(set(steps)) > 1:
-                by_step = ", ".join(f"rank {rank}: step {step}" for rank, step in enumerate(steps))
-                print(f"error: the ranks resumed from different checkpoints ({by_step}); every node must see the "
-                      "same output folder (a shared OUTPUT_ROOT, or save_on_each_node: true)", file=sys.stderr)
-                sys.stderr.flush()
-                os._exit(2)
-
-    return ResumeAgreement()
-
-
 def _finish() -> None:
     """Tear down cleanly. Under a multi-process launcher, exit right away once everything is flushed:
     measured here, interpreter teardown after a gloo run under the deepspeed launcher died with SIGABRT."""
@@ -181,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     from llamafactory.train.tuner import run_exp
 
-    run_exp(config, callbacks=[resume_agreement()])
+    run_exp(config)
     _finish()
     return 0
 

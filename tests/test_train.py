@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BIN, REPO, lfx, run_launcher, train_config
+from conftest import BIN, REPO, lfx, run_launcher, tiny_recipe_dict, train_config, write_recipe
 
 from llamafactory_ext.train import split_argv
 from llamafactory_ext.errors import LfxError
@@ -139,8 +139,10 @@ def test_bad_names_fail_in_seconds_before_any_launch(override, message, tiny_lla
     assert "(ours: llama3-persona, qwen-persona" in proc.stderr or "known: eco_multitask, ironman" in proc.stderr
     assert not (tmp_path / "adapter").exists()
 
-    result = lfx("train", str(tmp_path / "train.yaml"), override)
-    assert result.exit_code == 2 and message in result.stderr
+    # The same names through `lfx train`, which takes a recipe.
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_recipe_dict(tiny_llama3))
+    result = lfx("train", str(recipe), override, "-o", str(tmp_path / "run"))
+    assert result.exit_code == 2 and message in result.stderr and not (tmp_path / "run").exists()
 
 
 def test_user_dataset_dir_gets_our_entries_merged(tiny_llama3, tmp_path):
@@ -153,3 +155,19 @@ def test_user_dataset_dir_gets_our_entries_merged(tiny_llama3, tmp_path):
     config = prepare(load_config(str(tmp_path / "train.yaml"), []))
     info = json.loads((data_dir / "dataset_info.json").read_text(encoding="utf-8"))
     assert set(info) == {"identity", "ironman"} and config["dataset_dir"] == str(data_dir)
+
+
+def test_a_dataset_dir_that_defines_the_dataset_is_used_as_it_is(tiny_llama3, tmp_path):
+    """A run folder's data snapshot wins over the live datasets/: no comparison, no refusal."""
+    from llamafactory_ext.datasets import register_datasets
+    from llamafactory_ext.train import load_config, prepare
+
+    data_dir = tmp_path / "data"
+    register_datasets(data_dir, ["ironman"])
+    snapshot_file = data_dir / "ironman.json"
+    records = json.loads(snapshot_file.read_text(encoding="utf-8"))[:10]
+    snapshot_file.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    train_config(tiny_llama3, tmp_path, dataset_dir=str(data_dir), dataset="ironman", eval_dataset="eco_multitask")
+    prepare(load_config(str(tmp_path / "train.yaml"), []))
+    assert json.loads(snapshot_file.read_text(encoding="utf-8")) == records
+    assert set(json.loads((data_dir / "dataset_info.json").read_text(encoding="utf-8"))) == {"ironman", "eco_multitask"}
