@@ -115,6 +115,12 @@ def test_a_rendered_folder_holds_no_machine_path_and_checks_its_own_snapshot(tin
     (run / "data" / "ironman.json").write_text("[]", encoding="utf-8")
     proc = subprocess.run([str(run / "train_sft.sh"), "--dry-run"], env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and f"{run}/data/ironman.json" in proc.stderr
+    # And its own DeepSpeed config.
+    ds = json.loads((run / "ds_config.json").read_text())
+    ds["zero_optimization"]["stage"] = 2
+    (run / "ds_config.json").write_text(json.dumps(ds))
+    result = lfx("check", str(run / "recipe.yaml"))
+    assert result.exit_code == 2 and "ds_config.json: zero_optimization.stage 2 does not match launch.zero_stage 3" in result.stderr
 
 
 def test_dry_runs_change_no_file_and_send_nothing(ironman_run, merged_ironman, tiny_llama3, tmp_path):
