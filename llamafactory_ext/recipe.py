@@ -254,7 +254,8 @@ def load_recipe(path: str | Path, preset: str | None = None, launch: dict[str, A
     if data["template"] not in TEMPLATES:
         raise LfxError(f"{where}: field 'template': unknown template '{data['template']}' (ours: {', '.join(ours)})")
     entries = load_entries()
-    for name in _names(data["dataset"]) + _names(data.get("eval_dataset")):
-        if name not in entries:
-            raise LfxError(f"{where}: field 'dataset': unknown dataset '{name}' (known: {', '.join(sorted(entries))})")
+    for key in ("dataset", "eval_dataset"):
+        for name in _names(data.get(key)):
+            if name not in entries:
+                raise LfxError(f"{where}: field '{key}': unknown dataset '{name}' (known: {', '.join(sorted(entries))})")
     return Recipe(path=path, name=path.stem, args=data, launch=launch)
