@@ -467,6 +467,9 @@ def check(recipe_path: str | Path, *, preset: str | None = None, launch: dict | 
     report = Report(recipe=str(recipe.path), model=str(recipe.args["model_name_or_path"]),
                     template=recipe.args["template"], cutoff_len=cutoff)  # fmt: skip
     tokenizer, template = load_tokenizer_and_template(recipe, report)
+    from .model_check import check_model
+
+    check_model(recipe, model_path(recipe), report)
     data = {name: aligned_records(recipe, name, raw[name]) for name in names}
     for name, records in data.items():
         if not records:
