@@ -262,12 +262,12 @@ def aligned_records(recipe: Recipe, name: str, records: list | None = None) -> l
     from llamafactory.data.converter import get_dataset_converter
     from llamafactory.data.parser import get_dataset_list
 
-    from .datasets import _records, load_entries
+    from .datasets import countable_records, load_entries
 
     data_args = _data_args(recipe, name)
     attr = get_dataset_list([name], data_args.dataset_dir)[0]
     convert = get_dataset_converter(attr.formatting, attr, data_args)
-    records = _records(load_entries()[name]) if records is None else records
+    records = countable_records(load_entries()[name]) if records is None else records  # plan: unavailable is an error
     out = [convert(record) for record in records]
     limit = recipe.args.get("max_samples")
     return out[:limit] if limit else out
@@ -421,8 +421,6 @@ def _key(record: dict[str, Any], with_response: bool = True) -> tuple:
 
 
 def duplicates(report: Report, recipe: Recipe, data: dict[str, list[dict[str, Any]]]) -> None:
-    from .train import _names
-
     where = str(recipe.path)
     for name, records in data.items():
         seen: dict[tuple, int] = {}
@@ -438,8 +436,8 @@ def duplicates(report: Report, recipe: Recipe, data: dict[str, list[dict[str, An
             report.warn(f"dataset '{name}'", f"{dup} duplicated records (same system, prompt and response){leak}")
         if conflicting:
             report.warn(f"dataset '{name}'", f"{conflicting} prompts appear with different responses")
-    evals = _names(recipe.args.get("eval_dataset"))
-    trains = [n for n in _names(recipe.args["dataset"]) if n in data]
+    evals = names_of(recipe.args.get("eval_dataset"))
+    trains = [n for n in names_of(recipe.args["dataset"]) if n in data]
     if evals:
         train_keys = {_key(r) for n in trains for r in data[n]}
         for name in evals:
@@ -452,28 +450,32 @@ def check(recipe_path: str | Path, *, preset: str | None = None, launch: dict | 
           gpu: str | None = None, max_cut_share: float = 0.01) -> Report:  # fmt: skip
     """Run every check; raises LfxError on the first error, returns the report with warnings."""
     quiet_llamafactory()
-    from .datasets import _records, check_entry, load_entries
-    from .train import _names
+    from .datasets import RecordsUnavailable, check_entry, load_entries, read_records, source_label
 
     recipe = load_recipe(recipe_path, preset, launch)
     gpu_row = gpu_type(gpu or recipe.launch["gpu_type"]) if (gpu or recipe.launch["gpu_type"]) else None
     check_combinations(recipe, gpu_row)
-    entries = load_entries()
-    names = list(dict.fromkeys(_names(recipe.args["dataset"]) + _names(recipe.args.get("eval_dataset"))))
-    raw = {name: _records(entries[name]) for name in names}
-    for name in names:
-        check_entry(entries[name], raw[name])
     cutoff = int(recipe.args.get("cutoff_len", 2048))
     report = Report(recipe=str(recipe.path), model=str(recipe.args["model_name_or_path"]),
                     template=recipe.args["template"], cutoff_len=cutoff)  # fmt: skip
+    entries = load_entries()
+    names = list(dict.fromkeys(names_of(recipe.args["dataset"]) + names_of(recipe.args.get("eval_dataset"))))
+    raw = {}
+    for name in names:
+        try:
+            raw[name] = read_records(entries[name], cache_dir=recipe.args.get("cache_dir"))
+        except RecordsUnavailable as why:
+            report.warn(f"dataset '{name}'", f"{why}: its records are not checked and its token statistics are skipped")
+            continue
+        check_entry(entries[name], raw[name])
     tokenizer, template = load_tokenizer_and_template(recipe, report)
     from .model_check import check_model
 
     check_model(recipe, model_path(recipe), report)
-    data = {name: aligned_records(recipe, name, raw[name]) for name in names}
+    data = {name: aligned_records(recipe, name, records) for name, records in raw.items()}
     for name, records in data.items():
         if not records:
-            raise LfxError(f"{entries[name].path}: dataset '{name}' has no records")
+            raise LfxError(f"{source_label(entries[name])}: dataset '{name}' has no records")
         lengths = message_lengths(tokenizer, template, records)
         stats = length_stats(name, lengths, cutoff, template.efficient_eos)
         report.lengths.append(stats)
