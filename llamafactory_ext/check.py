@@ -94,6 +94,12 @@ def check_combinations(recipe: Recipe, gpu: dict[str, Any] | None) -> None:
         raise LfxError(f"{where}: field 'export_dir': training ignores it (no merged model would be written): "
                        "remove it, train, then `lfx merge` the output")  # fmt: skip
     bits = args.get("quantization_bit")
+    adapters = names_of(args.get("adapter_name_or_path"))
+    if len(adapters) > 1 and (launch["zero_stage"] == 3 or bits is not None):
+        # llamafactory/model/adapter.py, _setup_lora_tuning: "Cannot use multiple adapters in DeepSpeed ZeRO-3."
+        raise LfxError(f"{where}: field 'adapter_name_or_path': LLaMA-Factory takes a single adapter under "
+                       f"{'DeepSpeed ZeRO-3' if launch['zero_stage'] == 3 else 'quantization'}; merge the earlier ones "
+                       "into the base first (lfx merge)")  # fmt: skip
     if launch["zero_stage"] == 3:
         for key, why in ZERO3_INCOMPATIBLE.items():
             if args.get(key):
