@@ -338,6 +338,7 @@ def merge(adapter_dir: str | Path, out_dir: str | Path, base_arg: str | None = N
 
     adapter_path = Path(adapter_dir)
     out = Path(out_dir)
+    clean_leftovers(out)
     if out.exists() and not force:
         raise LfxError(f"{out}: already exists (pass --force to replace it)")
     if out.exists() and not out.is_dir():
@@ -363,7 +364,6 @@ def merge(adapter_dir: str | Path, out_dir: str | Path, base_arg: str | None = N
     if free < need * 1.05:
         raise LfxError(f"{parent}: {free / 1e9:.1f} GB free, the merged model needs {need / 1e9:.1f} GB")
 
-    clean_leftovers(out)
     tmp = parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
