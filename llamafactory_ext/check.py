@@ -268,12 +268,15 @@ def aligned_records(recipe: Recipe, name: str, records: list | None = None) -> l
     from llamafactory.data.converter import get_dataset_converter
     from llamafactory.data.parser import get_dataset_list
 
-    from .datasets import countable_records, load_entries
+    from .datasets import check_entry, countable_records, load_entries
 
     data_args = _data_args(recipe, name)
     attr = get_dataset_list([name], data_args.dataset_dir)[0]
     convert = get_dataset_converter(attr.formatting, attr, data_args)
-    records = countable_records(load_entries()[name]) if records is None else records  # plan: unavailable is an error
+    if records is None:  # `lfx plan`: records not validated yet, and unavailable ones are an error there
+        entry = load_entries()[name]
+        records = countable_records(entry)
+        check_entry(entry, records)
     out = [convert(record) for record in records]
     limit = recipe.args.get("max_samples")
     return out[:limit] if limit else out
