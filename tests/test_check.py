@@ -149,6 +149,10 @@ def test_valid_dataset_variants_are_accepted(kind, tiny_llama3, data_copy, tmp_p
     assert lengths["extra"]["records"] == 12 and lengths["ironman"]["records"] == 66
     assert snapshot(data_copy) == before
     assert lfx("plan", str(recipe), "--json").exit_code == 0
+    target = tmp_path / "target"  # a run folder's data/: the entry and every file of it (a folder too) copied
+    assert lfx("datasets", "register", "--into", str(target), "extra").exit_code == 0
+    copied = snapshot(target)
+    assert {k: v for k, v in snapshot(data_copy).items() if k.startswith("extra")} == {k: v for k, v in copied.items() if k != "dataset_info.json"}
 
 
 def test_hub_dataset_offline_and_not_cached_is_one_warning(tiny_llama3, data_copy, tmp_path):
