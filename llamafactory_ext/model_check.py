@@ -42,8 +42,12 @@ def load_config(recipe, name: str):
     except OSError:
         return None
     except (ValueError, KeyError) as err:  # a model_type this transformers does not know
+        import transformers
+
+        found = re.search(r"model type `([^`]+)`", str(err))
+        what = f"model type '{found.group(1)}'" if found else f"its config ({' '.join(str(err).split())[:160]})"
         raise LfxError(f"{recipe.path}: field 'model_name_or_path': '{recipe.args['model_name_or_path']}' has an "
-                       f"architecture transformers cannot build ({' '.join(str(err).split())[:200]})") from None  # fmt: skip
+                       f"architecture transformers {transformers.__version__} cannot build: {what}") from None  # fmt: skip
 
 
 def load_class(config):

@@ -141,7 +141,7 @@ def test_bad_template(case, text, message, tiny_llama3, templates_copy, tmp_path
 
 def test_catalog_has_at_least_30_distinct_cases():
     total = len(BAD_RECIPES) + len(BAD_RECIPE_FILES) + len(BAD_DATASETS) + len(BAD_TEMPLATES)
-    total += len(BAD_SOURCES) + len(BAD_USAGE) + len(FAMILY_MISMATCH) + len(BAD_TEMPLATE_FILES)
+    total += len(BAD_SOURCES) + len(BAD_USAGE) + len(FAMILY_MISMATCH) + len(BAD_TEMPLATE_FILES) + len(BAD_MODEL_CONFIGS)
     assert total >= 58 + 25  # 58 cases before issue 12, at least 25 more since
     assert yaml.safe_load("x: 1e-4")["x"] == "1e-4"  # the YAML pitfall behind string_where_number
 
@@ -327,3 +327,33 @@ def test_usage_error_is_one_line(case, tmp_path):
 def test_help_still_works():
     result = lfx("check", "--help")
     assert result.exit_code == 0 and "Usage:" in result.stdout and "RECIPE" in result.stdout
+
+
+def _gpt2_config(config: dict) -> dict:
+    return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_positions": 64, "n_embd": 64, "n_layer": 1,
+            "n_head": 2, "vocab_size": config["vocab_size"], "bos_token_id": config.get("bos_token_id"), "eos_token_id": config.get("eos_token_id")}
+
+
+# case -> (change of the tiny model's config.json, recipe changes, expected part of the one error line)
+BAD_MODEL_CONFIGS = {
+    "unknown_architecture": (lambda c: {**c, "model_type": "llama99"}, {}, "cannot build: model type 'llama99'"),
+    "not_trainable_architecture": (lambda c: {**c, "model_type": "vit", "architectures": ["ViTModel"]}, {},
+                                   "architecture 'vit' (ViTModel) is not a model LLaMA-Factory can train"),
+    "pre_quantized_under_zero3": (lambda c: {**c, "quantization_config": {"quant_method": "awq", "bits": 4}}, {},
+                                  "is a pre-quantized (awq) model, which LLaMA-Factory does not train under DeepSpeed ZeRO-3"),
+    "cutoff_beyond_learned_positions": (_gpt2_config, {"lora_target": "c_attn"},
+                                        "field 'cutoff_len': 512 is beyond the 64 positions of model"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MODEL_CONFIGS))
+def test_bad_model_config(case, tiny_llama3, tmp_path):
+    change, recipe_changes, message = BAD_MODEL_CONFIGS[case]
+    model = tmp_path / "model"
+    shutil.copytree(tiny_llama3, model)
+    config = json.loads((model / "config.json").read_text(encoding="utf-8"))
+    (model / "config.json").write_text(json.dumps(change(config)), encoding="utf-8")
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe_dict(model, **recipe_changes))
+    before = snapshot(tmp_path)
+    _one_line_exit_2(lfx("check", str(path)), message)
+    assert snapshot(tmp_path) == before
