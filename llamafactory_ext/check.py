@@ -218,7 +218,7 @@ def check_family(recipe: Recipe, tokenizer, report: Report | None = None) -> Non
                        f"not single tokens of model '{model}' (a template of another model family?){hint}")  # fmt: skip
     missing = split_markers(tokenizer, extra)
     if missing and report is not None:
-        report.warn(f"field 'template'", f"stop words {', '.join(missing)} of template '{name}' are not tokens of "
+        report.warn("field 'template'", f"stop words {', '.join(missing)} of template '{name}' are not tokens of "
                     f"model '{model}': LLaMA-Factory adds them as new, untrained tokens")  # fmt: skip
 
 

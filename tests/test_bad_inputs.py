@@ -148,10 +148,10 @@ def test_catalog_has_at_least_30_distinct_cases():
 
 # issue 12: a persona template of one family on another family's model.
 FAMILY_MISMATCH = {
-    "qwen_template_on_llama3": ("tiny_llama3", "qwen-persona", "template 'qwen-persona' uses '<|im_start|>', '<|im_end|>': "
-                                "not single tokens of model", "templates that fit this model: llama3-persona"),
-    "llama3_template_on_qwen2": ("tiny_qwen2", "llama3-persona", "template 'llama3-persona' uses '<|start_header_id|>', "
-                                 "'<|end_header_id|>', '<|eot_id|>': not single tokens", "templates that fit this model: qwen-persona"),
+    "qwen_template_on_llama3": ("tiny_llama3", "qwen-persona", ("template 'qwen-persona' uses '<|im_start|>', '<|im_end|>': "
+                                "not single tokens of model"), "templates that fit this model: llama3-persona"),
+    "llama3_template_on_qwen2": ("tiny_qwen2", "llama3-persona", ("template 'llama3-persona' uses '<|start_header_id|>', "
+                                 "'<|end_header_id|>', '<|eot_id|>': not single tokens"), "templates that fit this model: qwen-persona"),
 }  # fmt: skip
 
 
