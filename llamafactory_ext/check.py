@@ -13,29 +13,35 @@ import copy
 import json
 import math
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .datasets import dataset_names
 from .errors import LfxError
 from .recipe import Recipe, gpu_type, load_recipe
 
 IGNORE_INDEX = -100
 LABEL_SAMPLES = 16  # records per dataset run through LLaMA-Factory's processor and collator
-# option -> why it cannot run under DeepSpeed ZeRO-3 (LLaMA-Factory's parser refuses these, or QLoRA).
+# option -> why it cannot run under DeepSpeed ZeRO-3: each one LLaMA-Factory 0.9.5 itself refuses, in
+# llamafactory/hparams/parser.py (_verify_model_args / get_train_args).
 ZERO3_INCOMPATIBLE = {
-    "quantization_bit": "QLoRA (quantization_bit) does not train under DeepSpeed ZeRO-3 here: use zero_stage 2 or 0",
     "predict_with_generate": "predict_with_generate is incompatible with DeepSpeed ZeRO-3",
     "pure_bf16": "pure_bf16 is incompatible with DeepSpeed ZeRO-3",
     "use_unsloth": "Unsloth is incompatible with DeepSpeed ZeRO-3",
+    "use_kt": "KTransformers is incompatible with DeepSpeed ZeRO-3",
     "pissa_init": "PiSSA initialisation under ZeRO-3 needs scripts/pissa_init.py first",
-    "export_dir": "merging (export_dir) under ZeRO-3 is not supported: train, then `lfx merge`",
 }
+# QLoRA under ZeRO-3: LLaMA-Factory loads a 4-bit bitsandbytes model without a device map there
+# (llamafactory/model/model_utils/quantization.py, configure_quantization: "Only 4-bit quantized model
+# can use fsdp+qlora"), and refuses HQQ and EETQ ("... is incompatible with DeepSpeed ZeRO-3 or FSDP").
+ZERO3_QUANTIZATION = {"bnb": (4,), "hqq": (), "eetq": ()}
+# LLaMA-Factory's parser (_verify_model_args) refuses these with a quantized model.
 QUANTIZED_INCOMPATIBLE = {
     "resize_vocab": "cannot resize embedding layers of a quantized model",
-    "create_new_adapter": "cannot create a new adapter upon a quantized model",
-    "export_dir": "cannot merge into a quantized model: train, then `lfx merge` on the bf16 base",
+    "pissa_init": "PiSSA on a quantized model needs scripts/pissa_init.py first",
 }
 
 
@@ -84,15 +90,33 @@ class Report:
 
 def check_combinations(recipe: Recipe, gpu: dict[str, Any] | None) -> None:
     where, args, launch = str(recipe.path), recipe.args, recipe.launch
+    if args.get("export_dir"):
+        # Training never reads it: only `llamafactory-cli export` does (llamafactory/train/tuner.py, export_model).
+        raise LfxError(f"{where}: field 'export_dir': training ignores it (no merged model would be written): "
+                       "remove it, train, then `lfx merge` the output")  # fmt: skip
+    bits = args.get("quantization_bit")
+    adapters = dataset_names(args.get("adapter_name_or_path"))
+    if len(adapters) > 1 and (launch["zero_stage"] == 3 or bits is not None):
+        # llamafactory/model/adapter.py, _setup_lora_tuning: "Cannot use multiple adapters in DeepSpeed ZeRO-3."
+        raise LfxError(f"{where}: field 'adapter_name_or_path': LLaMA-Factory takes a single adapter under "
+                       f"{'DeepSpeed ZeRO-3' if launch['zero_stage'] == 3 else 'quantization'}; merge the earlier ones "
+                       "into the base first (lfx merge)")  # fmt: skip
     if launch["zero_stage"] == 3:
         for key, why in ZERO3_INCOMPATIBLE.items():
             if args.get(key):
                 raise LfxError(f"{where}: field '{key}': {why}")
-    if args.get("quantization_bit") is not None:
+        method = str(args.get("quantization_method") or "bnb")
+        if bits is not None and bits not in ZERO3_QUANTIZATION.get(method, (bits,)):
+            what = "only 4-bit bitsandbytes QLoRA" if method == "bnb" else f"no {method} quantization"
+            raise LfxError(f"{where}: field 'quantization_bit': LLaMA-Factory trains {what} under DeepSpeed ZeRO-3 "
+                           f"(got {bits}-bit {method}): use quantization_bit 4 or zero_stage 2")  # fmt: skip
+    if bits is not None:
         for key, why in QUANTIZED_INCOMPATIBLE.items():
             if args.get(key):
                 raise LfxError(f"{where}: field '{key}': {why}")
-        if args.get("finetuning_type", "lora") != "lora":
+        if args.get("adapter_name_or_path") and args.get("create_new_adapter"):
+            raise LfxError(f"{where}: field 'create_new_adapter': cannot create a new adapter upon a quantized model")
+        if args.get("finetuning_type", "lora") not in ("lora", "oft"):
             raise LfxError(f"{where}: field 'quantization_bit': quantized training needs finetuning_type lora (QLoRA)")
     if args.get("bf16") and args.get("fp16"):
         raise LfxError(f"{where}: field 'fp16': bf16 and fp16 are both set; choose one")
@@ -100,6 +124,16 @@ def check_combinations(recipe: Recipe, gpu: dict[str, Any] | None) -> None:
         raise LfxError(f"{where}: field 'bf16': {gpu['name']} has no bf16 support; use fp16: true (or another GPU type)")
     if args.get("eval_strategy", "no") not in ("no", None) and not (args.get("val_size") or args.get("eval_dataset")):
         raise LfxError(f"{where}: field 'eval_strategy': '{args['eval_strategy']}' needs val_size or eval_dataset")
+    if args.get("train_on_prompt") and args.get("template") and _efficient_eos(args["template"]):
+        # llamafactory/data/template.py, get_template_and_fix_tokenizer
+        raise LfxError(f"{where}: field 'train_on_prompt': template '{args['template']}' uses efficient_eos, "
+                       "which LLaMA-Factory does not support with train_on_prompt")  # fmt: skip
+
+
+def _efficient_eos(name: str) -> bool:
+    from .templates import get_template
+
+    return bool(get_template(name).efficient_eos)
 
 
 def _model_where(recipe: Recipe) -> str:
@@ -120,28 +154,95 @@ def model_path(recipe: Recipe) -> str:
     return name
 
 
-def load_tokenizer_and_template(recipe: Recipe):
-    """The run's tokenizer and a private copy of its template, fixed the way LLaMA-Factory fixes them."""
+def load_tokenizer(recipe: Recipe):
+    """The run's tokenizer as LLaMA-Factory loads it (local folder or the Hugging Face cache)."""
     from llamafactory.hparams import ModelArguments
-    from llamafactory.model import load_tokenizer
-
-    from .templates import get_template
+    from llamafactory.model import load_tokenizer as lf_load_tokenizer
 
     name = model_path(recipe)
     model_keys = {f for f in ModelArguments.__dataclass_fields__ if f in recipe.args}
     model_args = ModelArguments(**{k: recipe.args[k] for k in model_keys if k != "model_name_or_path"}, model_name_or_path=name)
     try:
-        tokenizer = load_tokenizer(model_args)["tokenizer"]
+        return lf_load_tokenizer(model_args)["tokenizer"]
     except OSError:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-        how = "offline, so it cannot look further" if offline else "and it could not be downloaded"
         raise LfxError(f"{_model_where(recipe)}: '{name}' is neither a local folder nor in the local Hugging Face cache "
-                       f"({how}); download it first (hf download {name} --include 'tokenizer*' 'config.json')") from None  # fmt: skip
-    template = get_template(recipe.args["template"])
-    if recipe.args.get("default_system") is not None:
-        template.default_system = recipe.args["default_system"]
-    template.fix_special_tokens(tokenizer)
-    template.fix_jinja_template(tokenizer)
+                       f"({_offline_how()}); download it first (hf download {name} --include 'tokenizer*' 'config.json')") from None  # fmt: skip
+
+
+def _offline_how() -> str:
+    return "offline, so it cannot look further" if hub_offline() else "and it could not be downloaded"
+
+
+def hub_offline() -> bool:
+    return any(os.environ.get(k, "0") not in ("0", "", "false", "False") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+# Special markers in a template's text slots: <|start_header_id|>, <|im_start|>, <|eot_id|> ...
+MARKER = re.compile(r"<\|[^<>|\s]+\|>")
+
+
+def template_markers(template) -> tuple[list[str], list[str]]:
+    """(markers the chat format is made of, extra stop words): the formatters' special markers and
+    the first stop word (the eos with replace_eos), then the other stop words."""
+    required: list[str] = []
+    for attr in ("format_prefix", "format_system", "format_user", "format_assistant", "format_observation", "format_function"):
+        for slot in getattr(getattr(template, attr, None), "slots", None) or []:
+            if isinstance(slot, str):
+                required += MARKER.findall(slot)
+            elif isinstance(slot, dict) and slot.get("token"):
+                required.append(slot["token"])
+    stops = list(template.stop_words)
+    required += stops[:1]
+    return list(dict.fromkeys(required)), [w for w in stops[1:] if w not in required]
+
+
+def split_markers(tokenizer, markers: list[str]) -> list[str]:
+    """The markers that are not one token of `tokenizer` (LLaMA-Factory would split them into pieces,
+    or add them as new untrained tokens)."""
+    vocab = tokenizer.get_vocab()
+    return [m for m in markers if m not in vocab or len(tokenizer.encode(m, add_special_tokens=False)) != 1]
+
+
+def check_family(recipe: Recipe, tokenizer, report: Report | None = None) -> None:
+    """The template's chat format must be made of the model's own special tokens: a Llama-3 template on
+    a Qwen model (or the reverse) would train a format the model never saw."""
+    from .templates import get_template, register_templates
+
+    name = recipe.args["template"]
+    required, extra = template_markers(get_template(name))
+    split = split_markers(tokenizer, required)
+    model = recipe.args["model_name_or_path"]
+    if split:
+        fits = [t for t in register_templates() if t != name and not split_markers(tokenizer, template_markers(get_template(t))[0])]
+        hint = f"; templates that fit this model: {', '.join(fits)}" if fits else ""
+        raise LfxError(f"{recipe.path}: field 'template': template '{name}' uses {', '.join(repr(m) for m in split)}: "
+                       f"not single tokens of model '{model}' (a template of another model family?){hint}")  # fmt: skip
+    missing = split_markers(tokenizer, extra)
+    if missing and report is not None:
+        report.warn("field 'template'", f"stop words {', '.join(missing)} of template '{name}' are not tokens of "
+                    f"model '{model}': LLaMA-Factory adds them as new, untrained tokens")  # fmt: skip
+
+
+def load_tokenizer_and_template(recipe: Recipe, report: Report | None = None):
+    """The run's tokenizer and its template, built exactly as training builds them: LLaMA-Factory's own
+    get_template_and_fix_tokenizer (tool_format, default_system, enable_thinking, the tokenizer fixes),
+    run on a private copy so that the shared registry entry stays as it was."""
+    from llamafactory.data import template as lf_template
+
+    from .templates import get_template
+
+    tokenizer = load_tokenizer(recipe)
+    check_family(recipe, tokenizer, report)
+    name = recipe.args["template"]
+    data_args = _data_args(recipe, ",".join(dataset_names(recipe.args["dataset"])))
+    shared = lf_template.TEMPLATES[name]
+    lf_template.TEMPLATES[name] = get_template(name)
+    try:
+        template = lf_template.get_template_and_fix_tokenizer(tokenizer, data_args)
+    except ValueError as err:
+        raise LfxError(f"{recipe.path}: field 'template': {err}") from None
+    finally:
+        lf_template.TEMPLATES[name] = shared
     return tokenizer, template
 
 
@@ -161,12 +262,15 @@ def aligned_records(recipe: Recipe, name: str, records: list | None = None) -> l
     from llamafactory.data.converter import get_dataset_converter
     from llamafactory.data.parser import get_dataset_list
 
-    from .datasets import _records, load_entries
+    from .datasets import check_entry, countable_records, load_entries
 
     data_args = _data_args(recipe, name)
     attr = get_dataset_list([name], data_args.dataset_dir)[0]
     convert = get_dataset_converter(attr.formatting, attr, data_args)
-    records = _records(load_entries()[name]) if records is None else records
+    if records is None:  # `lfx plan`: records not validated yet, and unavailable ones are an error there
+        entry = load_entries()[name]
+        records = countable_records(entry)
+        check_entry(entry, records)
     out = [convert(record) for record in records]
     limit = recipe.args.get("max_samples")
     return out[:limit] if limit else out
@@ -180,11 +284,12 @@ def message_lengths(tokenizer, template, records: list[dict[str, Any]]) -> list[
     from .templates import message_elements
 
     conversations = [r["_prompt"] + r["_response"][:1] for r in records]
-    if type(template) is not Template or any(r["_tools"] for r in records):  # reasoning/tool templates: exact path
+    if type(template) is not Template or any(r["_tools"] for r in records):
+        # Reasoning templates (thought handling, enable_thinking) and tools: the processor's own call.
         out = []
         for conv, record in zip(conversations, records):
-            encoded = template._encode(tokenizer, conv, record["_system"], record["_tools"] or None)
-            out.append([len(ids) for ids in encoded])
+            pairs = template.encode_multiturn(tokenizer, conv, record["_system"], record["_tools"] or None)
+            out.append([len(ids) for pair in pairs for ids in pair])
         return out
     all_pieces = [message_elements(template, conv, r["_system"]) for conv, r in zip(conversations, records)]
     texts = sorted({e for pieces in all_pieces for elements in pieces for e in elements if isinstance(e, str) and e})
@@ -280,12 +385,16 @@ def label_sanity(recipe: Recipe, name: str, tokenizer, template, records: list[d
     stop_ids = set(template.get_stop_token_ids(tokenizer))
     if tokenizer.eos_token_id is not None:
         stop_ids.add(tokenizer.eos_token_id)
+    # The stop token ends the answer, but the assistant format may add more after it (ChatML's
+    # "<|im_end|>\n"): it must be within that tail.
+    suffix = template._convert_elements_to_ids(tokenizer, template.format_assistant.apply(content=""))
+    tail = max(1, len(suffix) + bool(template.efficient_eos))
     all_masked, no_stop = [], []
     for i, labels in enumerate(encoded["labels"]):
         trained = [t for t in labels if t != IGNORE_INDEX]
         if not trained:
             all_masked.append(picked[i])
-        elif trained[-1] not in stop_ids:
+        elif not stop_ids & set(trained[-tail:]):
             no_stop.append(picked[i])
     collator = SFTDataCollatorWith4DAttentionMask(template=template, tokenizer=tokenizer, model=None,
                                                   label_pad_token_id=IGNORE_INDEX, pad_to_multiple_of=8)  # fmt: skip
@@ -295,7 +404,8 @@ def label_sanity(recipe: Recipe, name: str, tokenizer, template, records: list[d
     masked_by_pad = []
     for i, (ids, labels) in enumerate(zip(encoded["input_ids"], encoded["labels"])):
         trained = [j for j, t in enumerate(labels) if t != IGNORE_INDEX]
-        if trained and labels[trained[-1]] in stop_ids and int(collated["labels"][i][trained[-1]]) == IGNORE_INDEX:
+        stops = [j for j in trained[-tail:] if labels[j] in stop_ids]
+        if stops and int(collated["labels"][i][stops[-1]]) == IGNORE_INDEX:
             masked_by_pad.append(picked[i])
     return {
         "dataset": name,
@@ -314,8 +424,6 @@ def _key(record: dict[str, Any], with_response: bool = True) -> tuple:
 
 
 def duplicates(report: Report, recipe: Recipe, data: dict[str, list[dict[str, Any]]]) -> None:
-    from .datasets import dataset_names as _names
-
     where = str(recipe.path)
     for name, records in data.items():
         seen: dict[tuple, int] = {}
@@ -331,8 +439,8 @@ def duplicates(report: Report, recipe: Recipe, data: dict[str, list[dict[str, An
             report.warn(f"dataset '{name}'", f"{dup} duplicated records (same system, prompt and response){leak}")
         if conflicting:
             report.warn(f"dataset '{name}'", f"{conflicting} prompts appear with different responses")
-    evals = _names(recipe.args.get("eval_dataset"))
-    trains = [n for n in _names(recipe.args["dataset"]) if n in data]
+    evals = dataset_names(recipe.args.get("eval_dataset"))
+    trains = [n for n in dataset_names(recipe.args["dataset"]) if n in data]
     if evals:
         train_keys = {_key(r) for n in trains for r in data[n]}
         for name in evals:
@@ -345,25 +453,32 @@ def check(recipe_path: str | Path, *, preset: str | None = None, launch: dict | 
           gpu: str | None = None, max_cut_share: float = 0.01, overrides: list[str] | tuple[str, ...] = ()) -> Report:  # fmt: skip
     """Run every check; raises LfxError on the first error, returns the report with warnings."""
     quiet_llamafactory()
-    from .datasets import _records, check_entry, load_entries
-    from .datasets import dataset_names as _names
+    from .datasets import RecordsUnavailable, check_entry, load_entries, read_records, source_label
 
     recipe = load_recipe(recipe_path, preset, launch, overrides)
     gpu_row = gpu_type(gpu or recipe.launch["gpu_type"]) if (gpu or recipe.launch["gpu_type"]) else None
     check_combinations(recipe, gpu_row)
-    entries = load_entries()
-    names = list(dict.fromkeys(_names(recipe.args["dataset"]) + _names(recipe.args.get("eval_dataset"))))
-    raw = {name: _records(entries[name]) for name in names}
-    for name in names:
-        check_entry(entries[name], raw[name])
-    tokenizer, template = load_tokenizer_and_template(recipe)
     cutoff = int(recipe.args.get("cutoff_len", 2048))
     report = Report(recipe=str(recipe.path), model=str(recipe.args["model_name_or_path"]),
                     template=recipe.args["template"], cutoff_len=cutoff)  # fmt: skip
-    data = {name: aligned_records(recipe, name, raw[name]) for name in names}
+    entries = load_entries()
+    names = list(dict.fromkeys(dataset_names(recipe.args["dataset"]) + dataset_names(recipe.args.get("eval_dataset"))))
+    raw = {}
+    for name in names:
+        try:
+            raw[name] = read_records(entries[name], cache_dir=recipe.args.get("cache_dir"))
+        except RecordsUnavailable as why:
+            report.warn(f"dataset '{name}'", f"{why}: its records are not checked and its token statistics are skipped")
+            continue
+        check_entry(entries[name], raw[name])
+    tokenizer, template = load_tokenizer_and_template(recipe, report)
+    from .model_check import check_model
+
+    check_model(recipe, model_path(recipe), report)
+    data = {name: aligned_records(recipe, name, records) for name, records in raw.items()}
     for name, records in data.items():
         if not records:
-            raise LfxError(f"{entries[name].path}: dataset '{name}' has no records")
+            raise LfxError(f"{source_label(entries[name])}: dataset '{name}' has no records")
         lengths = message_lengths(tokenizer, template, records)
         stats = length_stats(name, lengths, cutoff, template.efficient_eos)
         report.lengths.append(stats)

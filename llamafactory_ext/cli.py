@@ -13,8 +13,29 @@ import click
 from .errors import LfxError
 
 
+def usage_error(err: click.UsageError) -> click.exceptions.Exit:
+    """A click usage error (missing argument, bad option, no such command) as the one `error:` line
+    every other error gives, instead of click's usage block; exit status 2 as click's own."""
+    where = f"{err.ctx.command_path}: " if err.ctx is not None else ""
+    hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
+    message = " ".join(err.format_message().split())
+    click.echo(f"error: {where}{message}{hint}", err=True)
+    return click.exceptions.Exit(err.exit_code)
+
+
 class LfxGroup(click.Group):
-    """Turns LfxError into one `error: ...` line on stderr and exit status 2."""
+    """Turns LfxError and click's usage errors into one `error: ...` line on stderr and exit status 2.
+
+    Subcommands parse their arguments inside the group's `invoke`; the group's own options (and
+    `lfx` with no command, which prints the help) in `make_context`."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as err:
+            raise usage_error(err) from None
 
     def invoke(self, ctx):
         try:
@@ -22,6 +43,10 @@ class LfxGroup(click.Group):
         except LfxError as err:
             click.echo(f"error: {err}", err=True)
             ctx.exit(err.exit_code)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as err:
+            raise usage_error(err) from None
 
 
 @click.group(cls=LfxGroup, context_settings={"help_option_names": ["-h", "--help"]})

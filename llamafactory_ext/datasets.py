@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import filecmp
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,29 +128,171 @@ def load_entries(directory: str | Path | None = None) -> dict[str, DatasetEntry]
     return {name: DatasetEntry(name, entry, directory) for name, entry in info.items()}
 
 
-def _records(entry: DatasetEntry) -> list:
+# LLaMA-Factory's FILEEXT2TYPE (llamafactory/extras/constants.py; tests check they agree): file
+# extension -> the `datasets` builder that reads it.
+FILE_TYPES = {"arrow": "arrow", "csv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet", "txt": "text"}
+
+
+class RecordsUnavailable(Exception):
+    """The records of a dataset cannot be read here (a Hub dataset offline and not in the local cache,
+    a cloud file): `lfx check` says so in a warning and skips what needs them."""
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "0").lower() in ("true", "y", "1")
+
+
+def source_kind(entry: DatasetEntry) -> str:
+    """Where LLaMA-Factory loads the entry from, chosen as llamafactory/data/parser.py get_dataset_list does."""
+    info = entry.info
+    has_hf, has_ms, has_om = ("hf_hub_url" in info), ("ms_hub_url" in info), ("om_hub_url" in info)
+    if has_hf or has_ms or has_om:
+        if has_ms and (_env_flag("USE_MODELSCOPE_HUB") or not has_hf):
+            return "ms_hub"
+        if has_om and (_env_flag("USE_OPENMIND_HUB") or not has_hf):
+            return "om_hub"
+        return "hf_hub"
+    if "script_url" in info:
+        return "script"
+    if "cloud_file_name" in info:
+        return "cloud_file"
+    return "file"
+
+
+SOURCE_FIELD = {"hf_hub": "hf_hub_url", "ms_hub": "ms_hub_url", "om_hub": "om_hub_url", "script": "script_url",
+                "cloud_file": "cloud_file_name", "file": "file_name"}  # fmt: skip
+
+
+def source_label(entry: DatasetEntry) -> str:
+    """What error lines name for the entry's records: the file, or the dataset and its source."""
+    kind = source_kind(entry)
+    if kind == "file":
+        return str(entry.path)
+    key = SOURCE_FIELD[kind]
+    return f"dataset '{entry.name}' ({key} '{entry.info[key]}')"
+
+
+def _jsonl(path: Path) -> list:
+    records = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise LfxError(f"{path}:{lineno}:{err.colno}: invalid JSON: {err.msg}") from None
+    return records
+
+
+def _first_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
+
+
+def _hf_load(where: str, *args, cache_dir: str | None = None, **kwargs) -> list:
+    """Records through HF `datasets`.load_dataset, as LLaMA-Factory's loader calls it. Local files are
+    read with a throw-away cache (check writes nothing); Hub datasets use the run's cache_dir."""
+    import contextlib
+    import tempfile
+
+    from datasets import load_dataset
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()
+    with contextlib.ExitStack() as stack:
+        if cache_dir is None and kwargs.pop("local", False):
+            cache_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="lfx-check-"))
+        kwargs.pop("local", None)
+        dataset = load_dataset(*args, cache_dir=cache_dir, **kwargs)
+        return dataset.to_list()
+
+
+def _file_records(entry: DatasetEntry) -> list:
     path = entry.path
-    if path.suffix == ".jsonl":
-        if not path.is_file():
-            raise LfxError(f"{path}: file not found (dataset '{entry.name}', field 'file_name')")
-        records = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise LfxError(f"{path}:{lineno}:{err.colno}: invalid JSON: {err.msg}") from None
-        if not records:
-            raise LfxError(f"{path}: file is empty")
-        return records
-    if not path.is_file():
+    where = f"{path}: field 'file_name' (dataset '{entry.name}')"
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir())  # LLaMA-Factory reads every file in the folder
+        if not files:
+            raise LfxError(f"{where}: the folder is empty")
+    elif path.is_file():
+        files = [path]
+    else:
         raise LfxError(f"{path}: file not found (dataset '{entry.name}', field 'file_name')")
-    data = read_json(path)
-    if not isinstance(data, list):
-        raise LfxError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
-    if not data:
-        raise LfxError(f"{path}: no records")
-    return data
+    kinds = {FILE_TYPES.get(p.suffix.lstrip(".")) for p in files}
+    if None in kinds:
+        odd = next(p for p in files if FILE_TYPES.get(p.suffix.lstrip(".")) is None)
+        raise LfxError(f"{odd}: field 'file_name' (dataset '{entry.name}'): '{odd.suffix or odd.name}' is not a file type "
+                       f"LLaMA-Factory reads ({', '.join(FILE_TYPES)})")  # fmt: skip
+    if len(kinds) > 1:
+        raise LfxError(f"{where}: the folder mixes file types ({', '.join(sorted(kinds))}); LLaMA-Factory needs one type")
+    if len(files) == 1 and path.suffix == ".jsonl":
+        records = _jsonl(path)
+    elif len(files) == 1 and path.suffix == ".json":
+        data = read_json(path)
+        if not isinstance(data, list):
+            raise LfxError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+        records = data
+    else:
+        try:
+            records = _hf_load(where, kinds.pop(), data_files=[str(p) for p in files], split=entry.info.get("split", "train"), local=True)
+        except Exception as err:  # the builders raise many types; the message says what is wrong
+            raise LfxError(f"{where}: cannot be read ({_first_line(err)})") from None
+    if not records:
+        raise LfxError(f"{path}: no records" if path.suffix != ".jsonl" else f"{path}: file is empty")
+    return records
+
+
+def hub_offline() -> bool:
+    return _env_flag("HF_HUB_OFFLINE") or _env_flag("HF_DATASETS_OFFLINE")
+
+
+def read_records(entry: DatasetEntry, cache_dir: str | None = None) -> list:
+    """Every record of a dataset, from any source LLaMA-Factory reads; raises LfxError for bad input
+    and RecordsUnavailable when they cannot be read here."""
+    kind = source_kind(entry)
+    info = entry.info
+    if kind == "file":
+        return _file_records(entry)
+    key = SOURCE_FIELD[kind]
+    where = f"{entry.directory / INFO_FILE}: dataset '{entry.name}': field '{key}'"
+    if kind == "hf_hub":
+        try:
+            records = _hf_load(where, info[key], name=info.get("subset"), data_dir=info.get("folder"),
+                               split=info.get("split", "train"), cache_dir=cache_dir)  # fmt: skip
+        except Exception as err:
+            if hub_offline() and isinstance(err, (ConnectionError, FileNotFoundError, OSError, ValueError)):
+                raise RecordsUnavailable(f"'{info[key]}' is not in the local Hugging Face datasets cache and the Hub "
+                                         "is offline") from None  # fmt: skip
+            raise LfxError(f"{where}: '{info[key]}' cannot be loaded ({_first_line(err)})") from None
+        if not records:
+            raise LfxError(f"{where}: '{info[key]}' has no records in split '{info.get('split', 'train')}'")
+        return records
+    if kind == "script":
+        path = entry.directory / info[key]
+        scripts = [path] if path.suffix == ".py" else sorted(path.glob("*.py")) if path.is_dir() else []
+        if scripts:
+            # datasets>=4 (datasets/load.py): "Dataset scripts are no longer supported"
+            raise LfxError(f"{where}: '{scripts[0].name}' is a dataset script, which the installed `datasets` no longer "
+                           "runs; convert the data to json/jsonl/csv/parquet files and use file_name")  # fmt: skip
+        if not path.is_dir():
+            raise LfxError(f"{where}: '{path}' does not exist (no such folder beside {INFO_FILE})")
+        try:
+            return _hf_load(where, str(path), name=info.get("subset"), data_dir=info.get("folder"),
+                            split=info.get("split", "train"), local=True)  # fmt: skip
+        except Exception as err:
+            raise LfxError(f"{where}: cannot be read ({_first_line(err)})") from None
+    if kind in ("ms_hub", "om_hub"):
+        hub = "ModelScope" if kind == "ms_hub" else "Modelers (openMind)"
+        raise RecordsUnavailable(f"{hub} dataset '{info[key]}' is not read by lfx check (only the Hugging Face cache is)")
+    raise RecordsUnavailable(f"cloud file '{info[key]}' is not read by lfx check")
+
+
+def countable_records(entry: DatasetEntry) -> list:
+    """read_records, with 'not available here' as an error (for counting samples in `lfx plan`)."""
+    try:
+        return read_records(entry)
+    except RecordsUnavailable as why:
+        raise LfxError(f"{entry.directory / INFO_FILE}: dataset '{entry.name}': {why}: its samples cannot be counted "
+                       "here (download it first)") from None  # fmt: skip
 
 
 def _wants_json(rule: Any, record: dict) -> bool:
@@ -178,7 +321,7 @@ def _check_alpaca(where: str, record: dict, info: dict, json_rule: Any) -> None:
             raise LfxError(f"{where}: field '{col}': empty")
     for key in ("query", "system"):
         col = cols.get(key)
-        if col and col in record and not isinstance(record[col], str):
+        if col and record.get(col) is not None and not isinstance(record[col], str):  # None: an empty csv cell
             raise LfxError(f"{where}: field '{col}': expected a string, got {type(record[col]).__name__}")
     if "columns" in info and "query" in info["columns"] and cols["query"] not in record:
         raise LfxError(f"{where}: field '{cols['query']}': missing")
@@ -231,16 +374,19 @@ def _check_sharegpt(where: str, record: dict, info: dict, json_rule: Any) -> Non
 
 
 def check_entry(entry: DatasetEntry, records: list | None = None) -> int:
-    """Validate every record of a local dataset (read here unless given); returns the record count."""
-    path = entry.path
-    if path is None:
-        return 0
-    records = _records(entry) if records is None else records
+    """Validate every record of a dataset (read here unless given); returns the record count, 0 when
+    its records cannot be read here (a Hub dataset offline and not cached)."""
+    if records is None:
+        try:
+            records = read_records(entry)
+        except RecordsUnavailable:
+            return 0
+    label = source_label(entry)
     info = entry.info
     json_rule = info.get("lfx", {}).get("json_output", False)
     check = _check_alpaca if info.get("formatting", "alpaca") == "alpaca" else _check_sharegpt
     for index, record in enumerate(records):
-        where = f"{path}: record {index}"
+        where = f"{label}: record {index}"
         if not isinstance(record, dict):
             raise LfxError(f"{where}: expected an object, got {type(record).__name__}")
         check(where, record, info, json_rule)
@@ -295,11 +441,14 @@ def register_datasets(into: str | Path, names: list[str] | None = None, force: b
         merged[entry.name] = info
         if entry.path is not None:
             target = into / entry.info["file_name"]
-            if target.exists() and not filecmp.cmp(entry.path, target, shallow=False):
-                if not force:
-                    raise LfxError(f"{target}: a different file is already there (use --force to replace it)")
-            if not target.exists() or not filecmp.cmp(entry.path, target, shallow=False):
-                copies.append((entry.path, target))
+            pairs = ([(f, target / f.name) for f in sorted(entry.path.iterdir()) if f.is_file()]
+                     if entry.path.is_dir() else [(entry.path, target)])  # a folder: LLaMA-Factory reads all its files
+            for src, dst in pairs:
+                if dst.exists() and not (dst.is_file() and filecmp.cmp(src, dst, shallow=False)):
+                    if not force:
+                        raise LfxError(f"{dst}: a different file is already there (use --force to replace it)")
+                if not dst.is_file() or not filecmp.cmp(src, dst, shallow=False):
+                    copies.append((src, dst))
     for src, dst in copies:
         atomic_copy(src, dst)
     if merged != existing or not info_path.exists():

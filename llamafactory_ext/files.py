@@ -27,7 +27,38 @@ def read_json(path: str | Path) -> Any:
         raise LfxError(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from None
 
 
+def _check_yaml_nodes(path: Path, node, field: str = "") -> None:
+    """Refuse what PyYAML accepts silently: a key given twice in one mapping (PyYAML keeps the last
+    value, so the user's first one is ignored) and non-finite numbers (.nan, .inf: no argument of a
+    run, template or preset means that). Errors name the line and the field (dotted path)."""
+    import math
+
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: keys after it may override
+                continue
+            key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+            name = f"{field}.{key}" if field else key
+            line = key_node.start_mark.line + 1
+            if key in seen and isinstance(key_node, yaml.ScalarNode):
+                raise LfxError(f"{path}:{line}: field '{name}': duplicate key (first on line {seen[key]}; "
+                               "YAML would silently keep only the last value)")  # fmt: skip
+            seen[key] = line
+            _check_yaml_nodes(path, value_node, name)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_yaml_nodes(path, item, f"{field}[{i}]")
+    elif isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:float":
+        if not math.isfinite(yaml.SafeLoader("").construct_yaml_float(node)):
+            where = f"field '{field}'" if field else "value"
+            raise LfxError(f"{path}:{node.start_mark.line + 1}: {where}: {node.value} is not a finite number")
+
+
 def read_yaml(path: str | Path) -> Any:
+    """A YAML file, strictly: duplicate keys and non-finite numbers are errors with their line."""
     import yaml
 
     path = Path(path)
@@ -36,6 +67,7 @@ def read_yaml(path: str | Path) -> Any:
     except FileNotFoundError:
         raise LfxError(f"{path}: file not found") from None
     try:
+        _check_yaml_nodes(path, yaml.compose(text, Loader=yaml.SafeLoader))
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark

@@ -9,6 +9,7 @@ never leaves a half model at OUT. The merged tokenizer carries the run's persona
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -42,6 +43,11 @@ UNSUPPORTED = {
     "use_qalora": "QA-LoRA",
     "alora_invocation_tokens": "activated LoRA (aLoRA)",
 }
+
+# init_lora_weights values that leave the base weights as they are (peft.tuners.lora.layer, update_layer):
+# PiSSA, CorDA and OLoRA subtract their initial B @ A from the base, LoftQ replaces it with a quantized
+# residual, so merging into the original base would be wrong.
+EXACT_INITS = (True, False, "gaussian", "eva", "orthogonal")
 
 
 @dataclass
@@ -97,6 +103,12 @@ def load_adapter(path: str | Path) -> Adapter:
     for key, what in UNSUPPORTED.items():
         if config.get(key):
             raise LfxError(f"{config_path}: field '{key}': lfx merge does not support {what}")
+    init = config.get("init_lora_weights", True)
+    if init not in EXACT_INITS:
+        raise LfxError(f"{config_path}: field 'init_lora_weights': {init!r} initialisation rewrote the base weights "
+                       "when the adapter was created, so base + adapter is not the trained model; save the adapter "
+                       "converted to plain LoRA (LLaMA-Factory: pissa_convert: true; peft: save_pretrained(..., "
+                       "path_initial_model_for_weight_conversion=...)) and merge that")  # fmt: skip
 
     weights_path = path / "adapter_model.safetensors"
     if weights_path.is_file():
@@ -263,8 +275,10 @@ def _write_shard(src: Path, dst: Path, adapter: Adapter) -> int:
                     tensor = _merge_tensor(tensor, adapter.pairs[entry.name])
                 writer.write(entry.name, tensor)
                 del tensor
-    finally:
-        writer.close()
+    except BaseException:
+        writer.abort()  # the error that stopped the writing surfaces, not a complaint about missing tensors
+        raise
+    writer.close()
     return writer.total
 
 
@@ -324,6 +338,7 @@ def merge(adapter_dir: str | Path, out_dir: str | Path, base_arg: str | None = N
 
     adapter_path = Path(adapter_dir)
     out = Path(out_dir)
+    clean_leftovers(out)
     if out.exists() and not force:
         raise LfxError(f"{out}: already exists (pass --force to replace it)")
     if out.exists() and not out.is_dir():
@@ -339,6 +354,7 @@ def merge(adapter_dir: str | Path, out_dir: str | Path, base_arg: str | None = N
     weight_map = base_weight_map(base)
     check_match(adapter, base, None if ignore_base_name else base_arg, weight_map)
     record = _run_record(adapter_path)
+    check_not_stacked(adapter_path, record)
     template = template or (record.get("template") or {}).get("name")
 
     parent = out.resolve().parent
@@ -390,10 +406,60 @@ def merge(adapter_dir: str | Path, out_dir: str | Path, base_arg: str | None = N
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):  # disk full, quota, file size limit
+            raise LfxError(f"{out}: writing the merged model failed: {err.strerror} ({err.filename or tmp}); "
+                           "nothing was written") from None  # fmt: skip
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def clean_leftovers(out: Path) -> None:
+    """Remove what a killed merge into `out` left (its temporary folder), and put back a previous OUT
+    that a merge killed between its two renames had moved aside."""
+    parent = out.resolve().parent
+    for kind in ("partial", "old"):
+        for path in parent.glob(f".{out.name}.{kind}-*"):
+            pid = path.name.rsplit("-", 1)[-1]
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
+            if kind == "old" and not out.exists():
+                os.replace(path, out)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def stacked_adapters(record: dict[str, Any]) -> list[str]:
+    """The adapters LLaMA-Factory merged into the base in memory before training this one
+    (llamafactory/model/adapter.py, _setup_lora_tuning: every adapter_name_or_path but the last, which it
+    resumes, or all of them with create_new_adapter; none are merged under ZeRO-3 or quantization)."""
+    args = record.get("args") or {}
+    value = args.get("adapter_name_or_path")
+    adapters = [a.strip() for a in value.split(",") if a.strip()] if isinstance(value, str) else list(value or [])
+    mergeable = record.get("zero_stage") != 3 and not args.get("quantization_bit") and not args.get("use_unsloth")
+    return adapters if args.get("create_new_adapter") and mergeable else adapters[:-1]
+
+
+def check_not_stacked(adapter_path: Path, record: dict[str, Any]) -> None:
+    earlier = stacked_adapters(record)
+    if earlier:
+        raise LfxError(f"{adapter_path}: lfx_run.json: field 'adapter_name_or_path': this adapter was trained on the base with "
+                       f"{', '.join(earlier)} merged into it first, so merging it alone into the base drops them: merge "
+                       f"those first (lfx merge {earlier[0]} -o BASE2), then this one with --base BASE2")  # fmt: skip
 
 
 def _resize_vocab(tmp: Path, adapter: Adapter) -> None:

@@ -87,13 +87,12 @@ def lora_params(arch: Arch, args: dict[str, Any]) -> float:
 
 
 def samples(recipe: Recipe) -> int:
-    from .datasets import _records, load_entries
-    from .datasets import dataset_names
+    from .datasets import countable_records, dataset_names, load_entries
 
     entries = load_entries()
     total = 0
     for name in dataset_names(recipe.args["dataset"]):
-        count = len(_records(entries[name]))
+        count = len(countable_records(entries[name]))
         total += min(count, recipe.args["max_samples"]) if recipe.args.get("max_samples") else count
     val = recipe.args.get("val_size") or 0
     return total - (int(val) if val >= 1 else int(math.ceil(total * val)) if val else 0)

@@ -45,18 +45,56 @@ class Header:
         return next(e.shape for e in self.entries if e.name == name)
 
 
+MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+
+
 def read_header(path: str | Path) -> Header:
+    """The header of a safetensors file, validated against the file: known dtypes, byte sizes that
+    match the shapes, offsets that tile the data without gap or overlap, and a file as long as the
+    header says (a truncated or corrupted shard is an error naming the file, never zeros)."""
     path = Path(path)
+    size = path.stat().st_size
     try:
         with open(path, "rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            raw = json.loads(f.read(size))
-    except (struct.error, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise LfxError(f"{path}: not a safetensors file ({type(err).__name__})") from None
-    metadata = raw.pop("__metadata__", None) or {}
-    entries = [Entry(name, v["dtype"], tuple(v["shape"]), *v["data_offsets"]) for name, v in raw.items()]
+            if size < 8:
+                raise ValueError(f"{size} bytes, shorter than the 8-byte header length")
+            (header_size,) = struct.unpack("<Q", f.read(8))
+            if header_size > MAX_HEADER or 8 + header_size > size:
+                raise ValueError(f"header length {header_size} does not fit in the file's {size} bytes")
+            raw = json.loads(f.read(header_size))
+        if not isinstance(raw, dict):
+            raise ValueError("the header is not a JSON object")
+        metadata = raw.pop("__metadata__", None) or {}
+        entries = [_entry(name, value) for name, value in raw.items()]
+    except (ValueError, struct.error, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise LfxError(f"{path}: not a valid safetensors file ({err})") from None
     entries.sort(key=lambda e: e.begin)
-    return Header(path, entries, metadata, 8 + size)
+    data_start = 8 + header_size
+    offset = 0
+    for entry in entries:
+        if entry.begin != offset:
+            raise LfxError(f"{path}: corrupted safetensors header: tensor '{entry.name}' starts at byte {entry.begin} "
+                           f"of the data, expected {offset} (a gap or an overlap)")  # fmt: skip
+        offset = entry.end
+    if data_start + offset != size:
+        what = "truncated" if data_start + offset > size else "longer than its header says"
+        raise LfxError(f"{path}: {what}: the header needs {data_start + offset} bytes, the file has {size} "
+                       "(an interrupted download or copy? fetch it again)")  # fmt: skip
+    return Header(path, entries, metadata, data_start)
+
+
+def _entry(name: str, value: Any) -> Entry:
+    if not isinstance(value, dict) or value.get("dtype") not in DTYPE_BYTES:
+        raise ValueError(f"tensor '{name}': unknown dtype {value.get('dtype') if isinstance(value, dict) else value!r}")
+    shape, offsets = value.get("shape"), value.get("data_offsets")
+    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        raise ValueError(f"tensor '{name}': bad shape {shape!r}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]):  # fmt: skip
+        raise ValueError(f"tensor '{name}': bad data_offsets {offsets!r}")
+    if offsets[1] - offsets[0] != math.prod(shape) * DTYPE_BYTES[value["dtype"]]:
+        raise ValueError(f"tensor '{name}': {offsets[1] - offsets[0]} bytes for shape {shape} of {value['dtype']}")
+    return Entry(name, value["dtype"], tuple(shape), offsets[0], offsets[1])
 
 
 def torch_dtype(name: str):
@@ -73,7 +111,9 @@ def read_tensor(f: BinaryIO, header: Header, entry: Entry):
 
     f.seek(header.data_start + entry.begin)
     data = bytearray(entry.nbytes)
-    f.readinto(data)
+    got = f.readinto(data)
+    if got != entry.nbytes:  # the file changed since its header was read
+        raise LfxError(f"{header.path}: tensor '{entry.name}': read {got} of {entry.nbytes} bytes (the file is truncated)")
     if not data:
         return torch.empty(entry.shape, dtype=torch_dtype(entry.dtype))
     return torch.frombuffer(data, dtype=torch_dtype(entry.dtype)).reshape(entry.shape)
@@ -109,7 +149,15 @@ class ShardWriter:
         self.index += 1
 
     def close(self) -> None:
+        """Finish the file; it must hold every tensor of the layout."""
         self.file.close()
         if self.index != len(self.expected):
             raise RuntimeError(f"shard writer: {len(self.expected) - self.index} tensors were not written")
+
+    def abort(self) -> None:
+        """Close after an error, raising nothing: the error that stopped the writing is the one to see."""
+        try:
+            self.file.close()
+        except OSError:
+            pass
 

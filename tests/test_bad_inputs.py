@@ -4,6 +4,8 @@ exit status 2, and leaves every file as it was."""
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -32,7 +34,8 @@ BAD_RECIPES = {
     "cutoff_below_prompt": ({"cutoff_len": 40}, "field 'cutoff_len': 40 is not above the shortest prompt of dataset 'ironman'"),
     "deepspeed_in_recipe": ({"deepspeed": "ds.json"}, "field 'deepspeed': set by the launcher"),
     "save_only_model": ({"save_only_model": True}, "field 'save_only_model': checkpoints without optimizer state cannot resume"),
-    "qlora_with_zero3": ({"quantization_bit": 4}, "field 'quantization_bit': QLoRA (quantization_bit) does not train under DeepSpeed ZeRO-3"),
+    "qlora_8bit_with_zero3": ({"quantization_bit": 8}, "field 'quantization_bit': LLaMA-Factory trains only 4-bit bitsandbytes QLoRA under DeepSpeed ZeRO-3"),
+    "hqq_with_zero3": ({"quantization_bit": 4, "quantization_method": "hqq"}, "field 'quantization_bit': LLaMA-Factory trains no hqq quantization under DeepSpeed ZeRO-3"),
     "pure_bf16_with_zero3": ({"pure_bf16": True}, "field 'pure_bf16': pure_bf16 is incompatible with DeepSpeed ZeRO-3"),
     "bf16_and_fp16": ({"bf16": True, "fp16": True}, "field 'fp16': bf16 and fp16 are both set"),
     "eval_without_split": ({"eval_strategy": "steps", "eval_steps": 10}, "field 'eval_strategy': 'steps' needs val_size or eval_dataset"),
@@ -46,12 +49,34 @@ BAD_RECIPES = {
     "bf16_on_t4": ({"bf16": True, "launch": {"gpu_type": "T4"}}, "field 'bf16': T4 has no bf16 support"),
     "unknown_gpu_type": ({"launch": {"gpu_type": "A100"}}, "field 'launch.gpu_type': unknown GPU type 'A100'"),
     "bad_hub_repo": ({"launch": {"hub_repo": "no-slash"}}, "field 'launch.hub_repo': 'no-slash' is not USER/NAME"),
+    # issue 12: model-aware checks (the tiny model built on the meta device from its config.json)
+    "lora_target_typo": ({"lora_target": "q_proj,v_porj"}, "field 'lora_target': 'v_porj' is not a module of model"),
+    "lora_target_not_a_layer": ({"lora_target": "mlp"}, "field 'lora_target': 'mlp' names a LlamaMLP, not a layer LoRA can wrap"),
+    "additional_target_typo": ({"additional_target": "embed_tokenz"}, "field 'additional_target': 'embed_tokenz' is not a module"),
+    "freeze_module_typo": ({"finetuning_type": "freeze", "freeze_trainable_modules": "mlpp"},
+                           "field 'freeze_trainable_modules': 'mlpp' is not a module of the layers"),
+    "freeze_extra_module_typo": ({"finetuning_type": "freeze", "freeze_extra_modules": "lm_haed"},
+                                 "field 'freeze_extra_modules': 'lm_haed' is not a module outside the layers"),
+    # the field holding the value, and what LLaMA-Factory itself refuses
+    "unknown_eval_dataset": ({"eval_dataset": "ironman, nope"}, "field 'eval_dataset': unknown dataset 'nope'"),
+    "export_dir_in_training": ({"export_dir": "merged"}, "field 'export_dir': training ignores it"),
+    "two_adapters_under_zero3": ({"adapter_name_or_path": "a,b"}, "field 'adapter_name_or_path': LLaMA-Factory takes a single adapter under DeepSpeed ZeRO-3"),
+    "freeze_with_quantization": ({"quantization_bit": 4, "finetuning_type": "freeze"}, "field 'quantization_bit': quantized training needs finetuning_type lora"),
 }  # fmt: skip
 
 BAD_RECIPE_FILES = {
     "malformed_yaml": ("dataset: [ironman\n", "invalid YAML"),
     "empty_file": ("", "file is empty"),
     "not_a_mapping": ("- dataset: ironman\n", "expected a mapping, got list"),
+    # issue 12: strict YAML
+    "duplicate_key": ("dataset: ironman\ncutoff_len: 512\ndataset: eco_multitask\n",
+                      ":3: field 'dataset': duplicate key (first on line 1"),
+    "duplicate_launch_key": ("dataset: ironman\nlaunch:\n  gpus: 2\n  zero_stage: 3\n  gpus: 4\n",
+                             ":5: field 'launch.gpus': duplicate key (first on line 3"),
+    "nan_learning_rate": ("dataset: ironman\nlearning_rate: .nan\n", ":2: field 'learning_rate': .nan is not a finite number"),
+    "inf_epochs": ("dataset: ironman\nnum_train_epochs: .inf\n", ":2: field 'num_train_epochs': .inf is not a finite number"),
+    "negative_inf_in_launch": ("dataset: ironman\nlaunch: {gpus: 1, global_batch_size: -.Inf}\n",
+                               ":2: field 'launch.global_batch_size': -.Inf is not a finite number"),
 }
 
 
@@ -115,5 +140,220 @@ def test_bad_template(case, text, message, tiny_llama3, templates_copy, tmp_path
 
 
 def test_catalog_has_at_least_30_distinct_cases():
-    assert len(BAD_RECIPES) + len(BAD_RECIPE_FILES) + len(BAD_DATASETS) + len(BAD_TEMPLATES) >= 30
+    total = len(BAD_RECIPES) + len(BAD_RECIPE_FILES) + len(BAD_DATASETS) + len(BAD_TEMPLATES)
+    total += len(BAD_SOURCES) + len(BAD_USAGE) + len(FAMILY_MISMATCH) + len(BAD_TEMPLATE_FILES) + len(BAD_MODEL_CONFIGS)
+    assert total >= 58 + 25  # 58 cases before issue 12, at least 25 more since
     assert yaml.safe_load("x: 1e-4")["x"] == "1e-4"  # the YAML pitfall behind string_where_number
+
+
+# issue 12: a persona template of one family on another family's model.
+FAMILY_MISMATCH = {
+    "qwen_template_on_llama3": ("tiny_llama3", "qwen-persona", ("template 'qwen-persona' uses '<|im_start|>', '<|im_end|>': "
+                                "not single tokens of model"), "templates that fit this model: llama3-persona"),
+    "llama3_template_on_qwen2": ("tiny_qwen2", "llama3-persona", ("template 'llama3-persona' uses '<|start_header_id|>', "
+                                 "'<|end_header_id|>', '<|eot_id|>': not single tokens"), "templates that fit this model: qwen-persona"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(FAMILY_MISMATCH))
+def test_family_mismatch(case, request, tmp_path):
+    fixture, template, message, fits = FAMILY_MISMATCH[case]
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe_dict(request.getfixturevalue(fixture), template=template))
+    before = snapshot(tmp_path)
+    result = lfx("check", str(path))
+    _one_line_exit_2(result, message)
+    assert fits in result.stderr and "field 'template'" in result.stderr
+    assert snapshot(tmp_path) == before
+
+
+def _write_info(folder: Path, name: str, entry: dict) -> None:
+    info = json.loads((folder / "dataset_info.json").read_text(encoding="utf-8"))
+    info[name] = entry
+    (folder / "dataset_info.json").write_text(json.dumps(info, ensure_ascii=False, indent=2), encoding="utf-8")
+
+
+def _ironman(folder: Path) -> list[dict]:
+    return json.loads((folder / "ironman.json").read_text(encoding="utf-8"))
+
+
+def _parquet(path: Path, records: list[dict]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(records), path)
+
+
+def _csv(path: Path, records: list[dict]) -> None:
+    import csv
+
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+
+
+def _source(name: str, entry: dict, make=None):
+    def breaker(d: Path) -> None:
+        if make:
+            make(d)
+        _write_info(d, name, entry)
+
+    return breaker
+
+
+def _cached_hub_dataset(cache: Path, repo: str, records: list[dict]) -> None:
+    """A Hub dataset as HF `datasets` keeps it in its cache after a download (offline it loads from there)."""
+    import tempfile
+
+    import datasets
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "data.json"
+        source.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+        datasets.load_dataset("json", data_files=str(source), split="train", cache_dir=str(cache))
+    owner, name = repo.split("/")
+    built = next((cache / "json").iterdir())
+    target = cache / f"{owner}___{name}" / "default"
+    target.parent.mkdir(parents=True)
+    built.rename(target)
+    for arrow in target.glob("*/*/json-*.arrow"):
+        arrow.rename(arrow.with_name(arrow.name.replace("json-", f"{name}-", 1)))
+    shutil.rmtree(cache / "json")
+
+
+ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output"}
+# case -> (breaker of the datasets folder adding dataset 'extra', expected part of the one error line)
+BAD_SOURCES = {
+    "unknown_file_type": (_source("extra", {"file_name": "extra.xlsx"}, lambda d: (d / "extra.xlsx").write_bytes(b"PK")),
+                          "extra.xlsx: field 'file_name' (dataset 'extra'): '.xlsx' is not a file type LLaMA-Factory reads"),
+    "folder_mixing_types": (_source("extra", {"file_name": "extra"}, lambda d: ((d / "extra").mkdir(), (d / "extra" / "a.json").write_text("[]"),
+                            (d / "extra" / "b.csv").write_text("instruction,output\n"))), "the folder mixes file types (csv, json)"),
+    "empty_folder": (_source("extra", {"file_name": "extra"}, lambda d: (d / "extra").mkdir()), "field 'file_name' (dataset 'extra'): the folder is empty"),
+    "csv_missing_column": (_source("extra", {"file_name": "extra.csv"}, lambda d: _csv(d / "extra.csv", [{"instruction": "hi", "input": ""}])),
+                           "extra.csv: record 0: field 'output': missing"),
+    "parquet_empty_answer": (_source("extra", {"file_name": "extra.parquet", "columns": ALPACA_COLUMNS},
+                                     lambda d: _parquet(d / "extra.parquet", _ironman(d)[:3] + [{"instruction": "q", "input": "", "output": " "}])),
+                             "extra.parquet: record 3: field 'output': empty"),
+    "corrupted_parquet": (_source("extra", {"file_name": "extra.parquet"}, lambda d: (d / "extra.parquet").write_bytes(b"PAR1 not really")),
+                          "extra.parquet: field 'file_name' (dataset 'extra'): cannot be read"),
+    "jsonl_folder_bad_line": (_source("extra", {"file_name": "extra"}, lambda d: ((d / "extra").mkdir(),
+                              (d / "extra" / "part-0.jsonl").write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a",\n'))),
+                              "field 'file_name' (dataset 'extra'): cannot be read"),
+    "dataset_script": (_source("extra", {"script_url": "extra"}, lambda d: ((d / "extra").mkdir(), (d / "extra" / "extra.py").write_text("# a loading script\n"))),
+                       "field 'script_url': 'extra.py' is a dataset script, which the installed `datasets` no longer runs"),
+    "script_folder_missing": (_source("extra", {"script_url": "nowhere"}), "field 'script_url': '"),
+    "sharegpt_roles_in_jsonl": (_source("extra", {"file_name": "extra.jsonl", "formatting": "sharegpt"},
+                                lambda d: (d / "extra.jsonl").write_text(json.dumps({"conversations": [{"from": "human", "value": "a"},
+                                {"from": "human", "value": "b"}]}) + "\n")), "extra.jsonl: record 0: field 'conversations[1].from': roles must alternate"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SOURCES))
+def test_bad_dataset_source(case, tiny_llama3, data_copy, tmp_path):
+    breaker, message = BAD_SOURCES[case]
+    breaker(data_copy)
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe_dict(tiny_llama3, dataset="ironman, extra"))
+    before = snapshot(data_copy)
+    result = lfx("check", str(path))
+    _one_line_exit_2(result, message)
+    assert snapshot(data_copy) == before
+    assert lfx("plan", str(path)).exit_code == 2  # plan reads the same sources: one line, no traceback
+
+
+def test_a_bad_record_of_a_cached_hub_dataset_is_named(tiny_llama3, data_copy, tmp_path):
+    records = _ironman(data_copy)[:5]
+    records[3]["output"] = ""
+    _cached_hub_dataset(tmp_path / "cache", "someone/ironman-ko", records)
+    _write_info(data_copy, "hub", {"hf_hub_url": "someone/ironman-ko", "columns": ALPACA_COLUMNS})
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe_dict(tiny_llama3, dataset="hub", cache_dir=str(tmp_path / "cache")))
+    before = snapshot(data_copy), path.read_bytes()
+    _one_line_exit_2(lfx("check", str(path)), "dataset 'hub' (hf_hub_url 'someone/ironman-ko'): record 3: field 'output': empty")
+    assert (snapshot(data_copy), path.read_bytes()) == before
+
+
+# A template or preset file with a key given twice (PyYAML would keep the last one silently).
+BAD_TEMPLATE_FILES = {
+    "template_duplicate_key": ("name: bad\nbase: llama3\ndefault_system: first\ndefault_system: second\n",
+                               ":4: field 'default_system': duplicate key (first on line 3"),
+    "template_duplicate_override": ("name: bad\nbase: llama3\noverrides:\n  replace_eos: true\n  stop_words: ['<|eot_id|>']\n  replace_eos: false\n",
+                                    ":6: field 'overrides.replace_eos': duplicate key (first on line 4"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TEMPLATE_FILES))
+def test_bad_template_file(case, tiny_llama3, templates_copy, tmp_path):
+    text, message = BAD_TEMPLATE_FILES[case]
+    (templates_copy / "bad.yaml").write_text(text, encoding="utf-8")
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe_dict(tiny_llama3))
+    before = snapshot(templates_copy)
+    result = lfx("check", str(path))
+    _one_line_exit_2(result, message)
+    assert "bad.yaml" in result.stderr and snapshot(templates_copy) == before
+
+
+def test_a_preset_file_with_a_duplicate_key_is_refused(tmp_path):
+    from llamafactory_ext.errors import LfxError
+    from llamafactory_ext.files import read_yaml
+    from llamafactory_ext.recipe import PRESETS_FILE
+
+    lines = PRESETS_FILE.read_text(encoding="utf-8").splitlines()
+    first = next(i for i, line in enumerate(lines) if line and not line[0].isspace() and not line.startswith("#"))
+    copy = tmp_path / "presets.yaml"
+    copy.write_text("\n".join(lines + [lines[first], "  template: llama3-persona"]) + "\n", encoding="utf-8")
+    with pytest.raises(LfxError) as err:
+        read_yaml(copy)
+    assert f"presets.yaml:{len(lines) + 1}: field '{lines[first].rstrip(':')}': duplicate key (first on line {first + 1}" in str(err.value)
+
+
+# click usage errors: the same one line as every other error, exit status 2.
+BAD_USAGE = {
+    "missing_argument": (["check"], "check: Missing argument 'RECIPE'"),
+    "missing_option": (["merge", "some/adapter"], "merge: Missing option '-o' / '--out'"),
+    "unknown_option": (["check", "r.yaml", "--strikt"], "check: No such option '--strikt'. Did you mean '--strict'?"),
+    "unknown_command": (["chekc", "r.yaml"], "No such command 'chekc'"),
+    "bad_option_value": (["plan", "r.yaml", "--gpus", "0"], "plan: Invalid value for '--gpus': 0 is not in the range x>=1"),
+    "unknown_subcommand": (["templates", "shwo"], "templates: No such command 'shwo'"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(BAD_USAGE))
+def test_usage_error_is_one_line(case, tmp_path):
+    args, message = BAD_USAGE[case]
+    result = lfx(*args)
+    _one_line_exit_2(result, message)
+    assert "Usage:" not in result.output and "--help" in result.stderr
+
+
+def test_help_still_works():
+    result = lfx("check", "--help")
+    assert result.exit_code == 0 and "Usage:" in result.stdout and "RECIPE" in result.stdout
+
+
+def _gpt2_config(config: dict) -> dict:
+    return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_positions": 64, "n_embd": 64, "n_layer": 1,
+            "n_head": 2, "vocab_size": config["vocab_size"], "bos_token_id": config.get("bos_token_id"), "eos_token_id": config.get("eos_token_id")}
+
+
+# case -> (change of the tiny model's config.json, recipe changes, expected part of the one error line)
+BAD_MODEL_CONFIGS = {
+    "unknown_architecture": (lambda c: {**c, "model_type": "llama99"}, {}, "cannot build: model type 'llama99'"),
+    "not_trainable_architecture": (lambda c: {**c, "model_type": "vit", "architectures": ["ViTModel"]}, {},
+                                   "architecture 'vit' (ViTModel) is not a model LLaMA-Factory can train"),
+    "pre_quantized_under_zero3": (lambda c: {**c, "quantization_config": {"quant_method": "awq", "bits": 4}}, {},
+                                  "is a pre-quantized (awq) model, which LLaMA-Factory does not train under DeepSpeed ZeRO-3"),
+    "cutoff_beyond_learned_positions": (_gpt2_config, {"lora_target": "c_attn"},
+                                        "field 'cutoff_len': 512 is beyond the 64 positions of model"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MODEL_CONFIGS))
+def test_bad_model_config(case, tiny_llama3, tmp_path):
+    change, recipe_changes, message = BAD_MODEL_CONFIGS[case]
+    model = tmp_path / "model"
+    shutil.copytree(tiny_llama3, model)
+    config = json.loads((model / "config.json").read_text(encoding="utf-8"))
+    (model / "config.json").write_text(json.dumps(change(config)), encoding="utf-8")
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe_dict(model, **recipe_changes))
+    before = snapshot(tmp_path)
+    _one_line_exit_2(lfx("check", str(path)), message)
+    assert snapshot(tmp_path) == before

@@ -90,3 +90,147 @@ def test_check_does_not_need_a_gpu_or_write_anything(tiny_llama3, tmp_path):
     before = snapshot(tmp_path)
     assert lfx("check", str(recipe)).exit_code == 0
     assert snapshot(tmp_path) == before
+
+
+def _add_entry(folder, name: str, entry: dict) -> None:
+    info = json.loads((folder / "dataset_info.json").read_text(encoding="utf-8"))
+    info[name] = entry
+    write_json(folder / "dataset_info.json", info)
+
+
+def _variant(kind: str, d) -> dict:
+    """Dataset 'extra' in another valid shape LLaMA-Factory reads; returns its dataset_info entry."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = json.loads((d / "ironman.json").read_text(encoding="utf-8"))[:12]
+    columns = {"prompt": "instruction", "query": "input", "response": "output"}
+    turns = [[{"from": "human", "value": r["instruction"]}, {"from": "gpt", "value": r["output"]}] for r in records]
+    if kind == "jsonl":
+        (d / "extra.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        return {"file_name": "extra.jsonl", "columns": columns}
+    if kind == "csv":
+        import csv
+
+        with open(d / "extra.csv", "w", encoding="utf-8", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["instruction", "input", "output"])
+            writer.writeheader()
+            writer.writerows(records)  # empty `input` cells come back as None: accepted, as LLaMA-Factory does
+        return {"file_name": "extra.csv", "columns": columns}
+    if kind == "parquet":
+        pq.write_table(pa.Table.from_pylist(records), d / "extra.parquet")
+        return {"file_name": "extra.parquet", "columns": columns}
+    if kind == "jsonl_folder":
+        (d / "extra").mkdir()
+        for i in (0, 1):
+            (d / "extra" / f"part-{i}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records[i::2]), encoding="utf-8")
+        return {"file_name": "extra", "columns": columns}
+    if kind == "sharegpt":
+        write_json(d / "extra.json", [{"conversations": t} for t in turns])
+        return {"file_name": "extra.json", "formatting": "sharegpt"}
+    if kind == "openai":
+        messages = [[{"role": "user" if m["from"] == "human" else "assistant", "content": m["value"]} for m in t] for t in turns]
+        write_json(d / "extra.json", [{"messages": [{"role": "system", "content": "짧게."}, *m]} for m in messages])
+        return {"file_name": "extra.json", "formatting": "openai", "columns": {"messages": "messages"},
+                "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant", "system_tag": "system"}}
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "csv", "parquet", "jsonl_folder", "sharegpt", "openai"])
+def test_valid_dataset_variants_are_accepted(kind, tiny_llama3, data_copy, tmp_path):
+    from conftest import snapshot
+
+    _add_entry(data_copy, "extra", _variant(kind, data_copy))
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe_dict(tiny_llama3, dataset="ironman,  extra", eval_dataset=" ironman"))
+    before = snapshot(data_copy)
+    result = lfx("check", str(recipe), "--json")
+    assert result.exit_code == 0, result.output
+    lengths = {s["dataset"]: s for s in json.loads(result.stdout)["lengths"]}
+    assert lengths["extra"]["records"] == 12 and lengths["ironman"]["records"] == 66
+    assert snapshot(data_copy) == before
+    assert lfx("plan", str(recipe), "--json").exit_code == 0
+    target = tmp_path / "target"  # a run folder's data/: the entry and every file of it (a folder too) copied
+    assert lfx("datasets", "register", "--into", str(target), "extra").exit_code == 0
+    copied = snapshot(target)
+    assert {k: v for k, v in snapshot(data_copy).items() if k.startswith("extra")} == {k: v for k, v in copied.items() if k != "dataset_info.json"}
+
+
+def test_hub_dataset_offline_and_not_cached_is_one_warning(tiny_llama3, data_copy, tmp_path):
+    _add_entry(data_copy, "hub", {"hf_hub_url": "nobody/not-cached-dataset"})
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe_dict(tiny_llama3, dataset="ironman, hub"))
+    result = lfx("check", str(recipe), "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    warnings = [f for f in report["findings"] if f["level"] == "warning"]
+    assert len(warnings) == 1 and warnings[0]["where"] == "dataset 'hub'"
+    assert "not in the local Hugging Face datasets cache and the Hub is offline" in warnings[0]["message"]
+    assert [s["dataset"] for s in report["lengths"]] == ["ironman"]  # token statistics skipped for it
+    assert lfx("check", str(recipe), "--strict").exit_code == 1
+
+
+def test_hub_dataset_in_the_cache_is_checked_fully(tiny_llama3, data_copy, tmp_path):
+    from test_bad_inputs import _cached_hub_dataset
+
+    records = json.loads((data_copy / "ironman.json").read_text(encoding="utf-8"))[:20]
+    _cached_hub_dataset(tmp_path / "cache", "someone/ironman-ko", records)
+    _add_entry(data_copy, "hub", {"hf_hub_url": "someone/ironman-ko", "columns": {"prompt": "instruction", "query": "input", "response": "output"}})
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe_dict(tiny_llama3, dataset="hub", cache_dir=str(tmp_path / "cache")))
+    result = lfx("check", str(recipe), "--json", "--strict")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["lengths"][0]["records"] == 20 and report["labels"]["hub"]["samples"] >= 8
+
+
+def test_cutoff_len_beyond_the_context_length_warns_with_both_numbers(tiny_llama3, tmp_path):
+    limit = json.loads((tiny_llama3 / "config.json").read_text())["max_position_embeddings"]
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe_dict(tiny_llama3, cutoff_len=limit * 4))
+    report = json.loads(lfx("check", str(recipe), "--json").stdout)
+    warning = next(f for f in report["findings"] if f["where"] == "field 'cutoff_len'")
+    assert warning["level"] == "warning" and f"{limit * 4} is beyond the model's context length {limit}" in warning["message"]
+    scaled = write_recipe(tmp_path / "s.yaml", tiny_recipe_dict(tiny_llama3, cutoff_len=limit * 4, rope_scaling="linear"))
+    result = lfx("check", str(scaled), "--json", "--strict")
+    assert result.exit_code == 0, result.output  # LLaMA-Factory's configure_rope covers it: a note
+    assert any("enlarges the context by 4x" in f["message"] for f in json.loads(result.stdout)["findings"])
+
+
+@pytest.mark.parametrize("enable_thinking", [True, False])
+def test_reasoning_template_lengths_equal_llamafactory_encode_multiturn(enable_thinking, tiny_qwen2, tmp_path):
+    """qwen3 is a ReasoningTemplate: its encode_multiturn adds the empty thought LLaMA-Factory trains on."""
+    import copy
+
+    from llamafactory.data.template import TEMPLATES, get_template_and_fix_tokenizer
+    from transformers import AutoTokenizer
+
+    from llamafactory_ext.check import _data_args, aligned_records, load_tokenizer_and_template, message_lengths
+    from llamafactory_ext.recipe import load_recipe
+
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", tiny_recipe_dict(tiny_qwen2, template="qwen3", enable_thinking=enable_thinking)))
+    tokenizer, tmpl = load_tokenizer_and_template(recipe)
+    assert type(tmpl).__name__ == "ReasoningTemplate" and tmpl.enable_thinking is enable_thinking
+    records = aligned_records(recipe, "ironman")
+    lengths = message_lengths(tokenizer, tmpl, records)
+    # LLaMA-Factory's own build, on its own tokenizer and a copy of its registry entry
+    shared = TEMPLATES["qwen3"]
+    TEMPLATES["qwen3"] = copy.deepcopy(shared)
+    try:
+        theirs_tok = AutoTokenizer.from_pretrained(str(tiny_qwen2))
+        theirs = get_template_and_fix_tokenizer(theirs_tok, _data_args(recipe, "ironman"))
+    finally:
+        TEMPLATES["qwen3"] = shared
+    for record, lens in zip(records, lengths):
+        pairs = theirs.encode_multiturn(theirs_tok, record["_prompt"] + record["_response"], record["_system"], None)
+        assert lens == [len(ids) for pair in pairs for ids in pair]
+
+
+def test_tool_format_and_default_system_are_applied_as_training_applies_them(tiny_qwen2, tmp_path):
+    from llamafactory.data.template import TEMPLATES
+
+    from llamafactory_ext.check import load_tokenizer_and_template
+    from llamafactory_ext.recipe import load_recipe
+
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", tiny_recipe_dict(tiny_qwen2, template="qwen-persona", tool_format="glm4",
+                                                                           default_system="짧게 답하세요.")))  # fmt: skip
+    _, tmpl = load_tokenizer_and_template(recipe)
+    assert type(tmpl.format_tools.tool_utils).__name__ == "GLM4ToolUtils" and tmpl.default_system == "짧게 답하세요."
+    shared = TEMPLATES["qwen-persona"]  # LLaMA-Factory's registry entry is untouched
+    assert shared.default_system != "짧게 답하세요." and type(shared.format_tools.tool_utils).__name__ != "GLM4ToolUtils"

@@ -252,3 +252,143 @@ def test_interrupted_merge_leaves_no_half_model(tiny_llama3, tmp_path, monkeypat
         merge_module.merge(adapter, tmp_path / "out", progress=False)
     assert calls and not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def _init_adapter(base: Path, out: Path, init) -> tuple[Path, object]:
+    """A peft adapter created with `init_lora_weights=init` (peft runs the initialisation for real)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(2)
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                             init_lora_weights=init))  # fmt: skip
+    model.save_pretrained(str(out))
+    return out, model
+
+
+@pytest.mark.parametrize("init", ["pissa_niter_2", "olora"])
+def test_merge_refuses_adapters_whose_init_rewrote_the_base(init, tiny_llama3, tmp_path):
+    adapter, _ = _init_adapter(tiny_llama3, tmp_path / "adapter", init)
+    assert json.loads((adapter / "adapter_config.json").read_text())["init_lora_weights"] == init  # what peft writes
+    _refused([str(adapter), "-o", str(tmp_path / "out")], f"field 'init_lora_weights': '{init}' initialisation rewrote "
+             "the base weights", tmp_path)  # fmt: skip
+
+
+def test_a_pissa_adapter_converted_to_plain_lora_merges_exactly(tiny_llama3, tmp_path):
+    """LLaMA-Factory's pissa_convert saves through peft's conversion: that adapter applies to the original base."""
+    adapter, model = _init_adapter(tiny_llama3, tmp_path / "initial", "pissa_niter_2")
+    for name, param in model.named_parameters():  # "training"
+        if "lora_" in name:
+            param.data += 0.02 * torch.randn_like(param)
+    model.save_pretrained(str(tmp_path / "converted"), path_initial_model_for_weight_conversion=str(adapter))
+    assert json.loads((tmp_path / "converted" / "adapter_config.json").read_text())["init_lora_weights"] is True
+    out = tmp_path / "merged"
+    assert lfx("merge", str(tmp_path / "converted"), "-o", str(out)).exit_code == 0
+    ids = _ids(tiny_llama3)
+    torch.testing.assert_close(_logits(out, ids), _peft_logits(tiny_llama3, tmp_path / "converted", ids), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("args,refused", [
+    ({"adapter_name_or_path": "runs/first/output", "create_new_adapter": True}, True),
+    ({"adapter_name_or_path": "runs/a/output,runs/b/output"}, True),
+    ({"adapter_name_or_path": "runs/first/output"}, False),  # resumed, not merged: the output holds it all
+])  # fmt: skip
+def test_merge_refuses_stacked_adapters(args, refused, adapter, tmp_path):
+    (adapter / "lfx_run.json").write_text(json.dumps({"args": {"template": "llama3-persona", **args}, "zero_stage": 2}))
+    if refused:
+        first = args["adapter_name_or_path"].split(",")[0]
+        _refused([str(adapter), "-o", str(tmp_path / "out")], f"field 'adapter_name_or_path': this adapter was trained "
+                 f"on the base with {first}", tmp_path)  # fmt: skip
+    else:
+        assert lfx("merge", str(adapter), "-o", str(tmp_path / "out")).exit_code == 0
+
+
+def _sharded_base(tiny_llama3, tmp_path) -> Path:
+    return _resave(tiny_llama3, tmp_path / "sharded", torch.float32, "100KB")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bad_offsets", "garbage"])
+def test_merge_refuses_a_truncated_or_corrupted_base_shard(damage, tiny_llama3, tmp_path):
+    base = _sharded_base(tiny_llama3, tmp_path)
+    adapter = _make_adapter(base, tmp_path / "adapter", r=4, target_modules="all-linear")
+    shard = sorted(base.glob("model-*.safetensors"))[-1]
+    data = shard.read_bytes()
+    if damage == "truncated":
+        shard.write_bytes(data[:-1000])
+        message = "truncated: the header needs"
+    elif damage == "bad_offsets":
+        size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + size])
+        name = next(k for k in header if k != "__metadata__")
+        header[name]["data_offsets"][1] += 4
+        blob = json.dumps(header, separators=(",", ":")).encode().ljust(size)  # same length: only the offsets lie
+        assert len(blob) == size
+        shard.write_bytes(data[:8] + blob + data[8 + size :])
+        message = f"tensor '{name}'"
+    else:
+        shard.write_bytes(b"\x00" * 8 + data[8:])
+        message = "not a valid safetensors file"
+    _refused([str(adapter), "-o", str(tmp_path / "out"), "--base", str(base), "--ignore-base-name"], message, tmp_path)
+    assert shard.name in lfx("merge", str(adapter), "-o", str(tmp_path / "out"), "--base", str(base),
+                             "--ignore-base-name").stderr  # fmt: skip
+
+
+def test_an_interrupt_while_writing_surfaces_as_itself(tiny_llama3, tmp_path, monkeypatch):
+    """Ctrl-C inside a shard: the KeyboardInterrupt, not the writer's 'tensors were not written'."""
+    from llamafactory_ext import merge as merge_module
+
+    base = _sharded_base(tiny_llama3, tmp_path)
+    adapter = _make_adapter(base, tmp_path / "adapter", r=4, target_modules="all-linear")
+    real, calls = merge_module.read_tensor, []
+
+    def interrupted(f, header, entry):
+        calls.append(entry.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(f, header, entry)
+
+    monkeypatch.setattr(merge_module, "read_tensor", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        merge_module.merge(adapter, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_full_disk_surfaces_as_itself_in_one_line_and_leaves_nothing(tiny_llama3, tmp_path):
+    """A real write failure: the process may not write files over 64 KB (RLIMIT_FSIZE, as a full disk would stop it)."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    base = _sharded_base(tiny_llama3, tmp_path)
+    adapter = _make_adapter(base, tmp_path / "adapter", r=4, target_modules="all-linear")
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() fails with EFBIG instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "llamafactory_ext", "merge", str(adapter), "-o", str(out)],
+                          capture_output=True, text=True, timeout=300, preexec_fn=limit)  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and lines[-1].startswith("error: ") and "File too large" in lines[-1], proc.stderr
+    assert "Traceback" not in proc.stderr and "were not written" not in proc.stderr
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_leftovers_of_a_killed_merge_are_cleaned_on_the_next_run(adapter, tmp_path):
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid names folders no live merge owns
+    out = tmp_path / "out"
+    partial = tmp_path / f".out.partial-{dead.pid}"
+    (partial / "junk").mkdir(parents=True)
+    assert lfx("merge", str(adapter), "-o", str(out)).exit_code == 0
+    assert not partial.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    # killed between its two renames: the previous OUT, moved aside, is put back (and kept without --force)
+    moved = tmp_path / f".out.old-{dead.pid}"
+    out.rename(moved)
+    _refused([str(adapter), "-o", str(out)], "already exists (pass --force", adapter)
+    assert (out / "model.safetensors").is_file() and not moved.exists()
