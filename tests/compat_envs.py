@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -182,3 +183,31 @@ def http_json(url: str, payload: dict | None = None, timeout: float = 60) -> dic
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read() or b"null")
+
+
+@contextmanager
+def lfx_serve(target: Path, python: Path, log: Path, *args: str, wait: float = 600):
+    """`lfx serve TARGET` as a user runs it, in the background; yields its OpenAI base URL once it says it is
+    serving. Bounded: fails after `wait` seconds (lfx serve's own --wait) plus a margin; always stops it."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "llamafactory_ext", "serve", str(target), "--python", str(python),
+           "--port", str(port), "--wait", str(wait), *args]  # fmt: skip
+    with open(log, "w", encoding="utf-8") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                start_new_session=True)  # its own process group: vLLM's processes go with it
+    try:
+        deadline = time.monotonic() + wait + 60
+        while "serving '" not in log.read_text(encoding="utf-8", errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-30:])
+                raise AssertionError(f"lfx serve did not come up (exit {proc.poll()}):\n{tail}")
+            time.sleep(1)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        if proc.poll() is None:
+            proc.terminate()  # lfx serve forwards SIGTERM to vLLM and waits for it
+            try:
+                proc.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)

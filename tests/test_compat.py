@@ -120,3 +120,121 @@ def test_merged_and_output_tokenizers_give_the_training_prompt_under_transformer
         eos = json.loads((merged / name).read_text())["eos_token_id"]
         eos = eos if isinstance(eos, list) else [eos]
         assert eos[0] == stop_id and set(base_end) <= set(eos), (name, eos)
+
+
+@pytest.mark.parametrize("family", ["llama3", "qwen2"])
+def test_llama_cpp_converter_writes_a_gguf_with_the_persona_and_the_stop_token(family, real_tokenizer_run, llamacpp_converter, tmp_path):
+    import os
+
+    from transformers import AutoTokenizer
+
+    from llamafactory_ext.templates import get_template
+
+    run = real_tokenizer_run(family)
+    out = tmp_path / "model.gguf"
+    env = {**os.environ, "PYTHONPATH": f"gguf-py{os.pathsep}."}
+    proc = subprocess.run([sys.executable, "convert_hf_to_gguf.py", str(run["merged"]), "--outfile", str(out),
+                           "--outtype", "f32"], cwd=llamacpp_converter, env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    read = ("import json, sys; from gguf import GGUFReader; r = GGUFReader(sys.argv[1]); print(json.dumps("
+            "{k: r.get_field(k).contents() for k in ('tokenizer.chat_template', 'tokenizer.ggml.eos_token_id')}))")
+    proc = subprocess.run([sys.executable, "-c", read, str(out)], cwd=llamacpp_converter, env=env, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip  (llama.cpp's own gguf reader)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fields = json.loads(proc.stdout.strip().splitlines()[-1])
+    chat_template, eos_id = fields["tokenizer.chat_template"], fields["tokenizer.ggml.eos_token_id"]
+    stop_word = get_template(run["template"]).stop_words[0]
+    assert chat_template == AutoTokenizer.from_pretrained(str(run["merged"])).chat_template
+    assert "토니 스타크" in chat_template
+    assert eos_id == AutoTokenizer.from_pretrained(str(run["base"])).convert_tokens_to_ids(stop_word)
+
+
+def _served_prompts(url: str, model: str) -> dict[str, list[int]]:
+    from compat_envs import http_json
+
+    base = url.removesuffix("/v1")
+    return {name: http_json(f"{base}/tokenize", {"model": model, "messages": messages, "add_generation_prompt": True,
+                                                 "add_special_tokens": False})["tokens"]
+            for name, messages in CONVERSATIONS.items()}  # fmt: skip
+
+
+def _stops_after_one_token(url: str, model: str, stop_id: int) -> dict:
+    """A logit bias of 100 on the stop token: the stop metadata must end the answer right there."""
+    from compat_envs import http_json
+
+    answer = http_json(f"{url}/chat/completions", {"model": model, "messages": CONVERSATIONS["one turn"],
+                       "max_tokens": 8, "temperature": 0, "logit_bias": {str(stop_id): 100}}, timeout=120)  # fmt: skip
+    return {"finish_reason": answer["choices"][0]["finish_reason"], "tokens": answer["usage"]["completion_tokens"]}
+
+
+def test_vllm_serves_the_merged_persona_through_lfx_serve(real_tokenizer_run, vllm_python, tmp_path):
+    from compat_envs import http_json, lfx_serve
+    from conftest import lfx
+
+    run = real_tokenizer_run("llama3")
+    expected = training_prompts(run["base"], run["template"])
+    stop_id = stop_ids_of(run["merged"], run["base"], "<|eot_id|>")[0]
+    with lfx_serve(run["merged"], vllm_python, tmp_path / "serve.log") as url:
+        name = run["merged"].parent.name  # the run's folder name
+        assert [m["id"] for m in http_json(f"{url}/models")["data"]] == [name]
+        assert _served_prompts(url, name) == expected  # one turn, three turns, the user's own system prompt
+        assert _stops_after_one_token(url, name, stop_id) == {"finish_reason": "stop", "tokens": 1}
+        chat = lfx("chat", "--url", url, "-m", USER, "-m", "슈트는 몇 벌이야?", "--max-new-tokens", "4")
+        assert chat.exit_code == 0, chat.output
+        assert chat.stdout.count("assistant> ") == 2
+    log = (tmp_path / "serve.log").read_text(encoding="utf-8")
+    assert "curl http://127.0.0.1:" in log and "/chat/completions" in log
+
+
+def test_vllm_serves_the_adapter_over_its_base_through_lfx_serve(real_tokenizer_run, vllm_python, tmp_path):
+    from compat_envs import http_json, lfx_serve
+
+    run = real_tokenizer_run("llama3")
+    expected = training_prompts(run["base"], run["template"])
+    stop_id = stop_ids_of(run["merged"], run["base"], "<|eot_id|>")[0]
+    with lfx_serve(run["adapter"], vllm_python, tmp_path / "serve.log", "--name", "tony") as url:
+        served = {m["id"]: m for m in http_json(f"{url}/models")["data"]}
+        assert served["tony"]["parent"] == str(run["base"])  # the LoRA adapter over its base
+        assert _served_prompts(url, "tony") == expected
+        assert _stops_after_one_token(url, "tony", stop_id) == {"finish_reason": "stop", "tokens": 1}
+
+
+# --- lfx serve: bad input, one line, exit 2 (no vLLM started) --------------------------------------
+
+
+def _serve_refused(args: list[str], message: str) -> None:
+    from conftest import lfx
+
+    result = lfx("serve", *args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+
+
+def test_serve_bad_input(tiny_llama3, tmp_path, monkeypatch):
+    import shutil
+    import socket
+
+    no_weights = tmp_path / "no-weights"
+    shutil.copytree(tiny_llama3, no_weights)
+    (no_weights / "model.safetensors").unlink()
+    _serve_refused([str(no_weights)], "no config.json or weights")
+    no_tokenizer = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_llama3, no_tokenizer)
+    (no_tokenizer / "tokenizer_config.json").unlink()
+    _serve_refused([str(no_tokenizer)], "tokenizer_config.json: missing")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "gone"), "r": 8}))
+    (adapter / "adapter_model.safetensors").write_bytes(b"")
+    _serve_refused([str(adapter)], f"base model '{tmp_path / 'gone'}' not found (pass --base PATH)")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        _serve_refused([str(tiny_llama3), "--port", str(busy.getsockname()[1])], "is in use (pass --port)")
+    _serve_refused([str(tiny_llama3), "--python", sys.executable], "vLLM is not installed there; install vLLM")
+    monkeypatch.delenv("LFX_VLLM_PYTHON", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    _serve_refused([str(tiny_llama3)], "vLLM not found (no --python, LFX_VLLM_PYTHON or vllm on PATH)")

@@ -169,7 +169,10 @@ def build_tiny_model_on_tokenizer(family: str, tokenizer_dir: str | Path, out_di
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
+    # Meta's Llama-3 repos keep the tiktoken `tokenizer.model` under original/, not beside the weights
+    # (converters would take it for a sentencepiece model).
+    skip = {"config.json", "tokenizer.model"} if family == "llama3" else {"config.json"}
     for item in src.iterdir():
-        if item.is_file() and item.suffix in (".json", ".txt", ".model", ".jinja") and item.name != "config.json":
+        if item.is_file() and item.suffix in (".json", ".txt", ".model", ".jinja") and item.name not in skip:
             shutil.copyfile(item, out / item.name)
     return out
