@@ -185,13 +185,18 @@ def write_stop_ids(model_dir: str | Path, stop_ids: list[int]) -> None:
     atomic_write_text(gen_path, json.dumps(gen, indent=2, sort_keys=True) + "\n")
 
 
-def make_output_tokenizer_portable(output_dir: str | Path, base_model: str | Path, template_name: str | None) -> bool:
+def make_output_tokenizer_portable(output_dir: str | Path | None, base_model: str | Path | None,
+                                   template_name: str | None) -> bool:
     """After training: replace the tokenizer LLaMA-Factory saved in the run's output folder (the adapter
     folder users load and upload) with the portable persona tokenizer. Checkpoints are left as the
     trainer wrote them: they exist to resume, and `lfx merge` of a checkpoint writes portable files.
     Returns False when the folder holds no saved tokenizer (nothing to do)."""
+    if not output_dir or not base_model:
+        return False
     out = Path(output_dir)
     if not (out / TOKENIZER_CONFIG).is_file():
         return False
-    write_persona_tokenizer(out, base_model, template_name)
+    stop_ids = write_persona_tokenizer(out, base_model, template_name)
+    if (out / "config.json").is_file():  # a full fine-tune: the output folder is the model itself
+        write_stop_ids(out, stop_ids)
     return True
