@@ -115,6 +115,17 @@ def _kv_bytes_per_token(config: dict) -> int:
     return 2 * layers * kv_heads * head_dim * 2  # keys and values, 16-bit
 
 
+def cpu_kv_cache_gib() -> int:
+    """vLLM's CPU default (4 GiB), or a quarter of the memory available now when that is less (at least 1)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return max(1, min(CPU_KV_CACHE_GIB, int(line.split()[1]) // 2**20 // 4))
+    except OSError:
+        pass
+    return CPU_KV_CACHE_GIB
+
+
 def _gpu_free_bytes() -> int | None:
     if not shutil.which("nvidia-smi"):
         return None
@@ -197,7 +208,7 @@ def plan(target: str | Path, *, python: str | None = None, host: str = "127.0.0.
     gpu = _gpu_free_bytes() is not None
     env: dict[str, str] = {}
     if not gpu and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
-        env["VLLM_CPU_KVCACHE_SPACE"] = str(CPU_KV_CACHE_GIB)
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(cpu_kv_cache_gib())
     length = max_model_len or fit_max_model_len(model_dir, {**os.environ, **env}, gpu)
     served = name or run_name(folder)
     args = ["--model", str(model_dir), "--host", host, "--port", str(port), "--max-model-len", str(length)]

@@ -193,7 +193,8 @@ def lfx_serve(target: Path, python: Path, log: Path, *args: str, wait: float = 6
     cmd = [sys.executable, "-m", "llamafactory_ext", "serve", str(target), "--python", str(python),
            "--port", str(port), "--wait", str(wait), *args]  # fmt: skip
     with open(log, "w", encoding="utf-8") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                "VLLM_CPU_KVCACHE_SPACE": "1"},  # tiny models; the machine is shared
                                 start_new_session=True)  # its own process group: vLLM's processes go with it
     try:
         deadline = time.monotonic() + wait + 60
