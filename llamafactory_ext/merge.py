@@ -20,8 +20,8 @@ from typing import Any
 
 from .errors import LfxError
 from .files import atomic_write_text, dump_json, read_json, readable
-from .tokenizer_files import write_persona_tokenizer, write_stop_ids
 from .shards import DTYPE_BYTES, Header, ShardWriter, read_header, read_tensor, torch_dtype
+from .tokenizer_files import write_persona_tokenizer, write_stop_ids
 
 ADAPTER_CONFIG = "adapter_config.json"
 INDEX = "model.safetensors.index.json"
