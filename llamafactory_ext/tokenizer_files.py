@@ -102,6 +102,8 @@ def write_persona_tokenizer(out_dir: str | Path, base: str | Path, template_name
     base_dir = base_tokenizer_folder(base)
     if not (base_dir / TOKENIZER_CONFIG).is_file():
         raise LfxError(f"{base_dir / TOKENIZER_CONFIG}: missing: the base model has no tokenizer")
+    if out.resolve() == base_dir.resolve():
+        raise LfxError(f"{out}: is the base model's own folder; write the persona tokenizer elsewhere")
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
     vocab = tokenizer.get_vocab()
     base_eos = [tokenizer.eos_token_id, *base_end_ids(base_dir)]

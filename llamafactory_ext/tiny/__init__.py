@@ -2,7 +2,7 @@
 
 Each carries its family's real special tokens and official chat template, and a byte-level BPE
 tokenizer trained on the fly (nothing is downloaded), so it goes through the same loading code as
-the real model.
+the real model. `build_tiny_model_on_tokenizer` puts a tiny model on a real tokenizer folder instead.
 """
 
 from __future__ import annotations
