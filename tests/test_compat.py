@@ -238,3 +238,26 @@ def test_serve_bad_input(tiny_llama3, tmp_path, monkeypatch):
     monkeypatch.delenv("LFX_VLLM_PYTHON", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
     _serve_refused([str(tiny_llama3)], "vLLM not found (no --python, LFX_VLLM_PYTHON or vllm on PATH)")
+
+
+@pytest.mark.parametrize("family", ["llama3", "qwen2"])
+def test_a_tokenizer_saved_by_transformers_5_is_rewritten_into_the_form_4x_loads(family, real_tokenizer,
+                                                                                 transformers4_python, tmp_path):  # fmt: skip
+    """The issue's failure, reproduced and fixed: what transformers 5's save_pretrained writes does not load
+    under 4.57.1 (TokenizersBackend; extra_special_tokens as a list); the persona tokenizer written from it does."""
+    from conftest import REAL_TOKENIZERS
+    from transformers import AutoTokenizer
+
+    from llamafactory_ext.tokenizer_files import write_persona_tokenizer
+
+    saved = tmp_path / "saved-by-5"
+    AutoTokenizer.from_pretrained(str(real_tokenizer(family))).save_pretrained(str(saved))
+    proc = subprocess.run([str(transformers4_python), "-c", TOKENIZER_PROBE, str(saved)], input="{}",
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode != 0 and ("TokenizersBackend" in proc.stderr or "'list' object" in proc.stderr), proc.stderr[-2000:]
+
+    template = REAL_TOKENIZERS[family][2]
+    out = tmp_path / "persona"
+    write_persona_tokenizer(out, saved, template)
+    seen = probe(transformers4_python, out)
+    assert seen["prompts"] == training_prompts(real_tokenizer(family), template)
