@@ -162,7 +162,7 @@ def _port_free(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind((host if host not in ("", "0.0.0.0") else "0.0.0.0", port))
+            s.bind((host or "0.0.0.0", port))
         except OSError:
             return False
     return True
