@@ -111,3 +111,46 @@ def compare(before: str, after: str, prompts: list[str], max_new_tokens: int = 2
         lines.append(f"| {i} | {_cell(prompt)} | {_cell(answers['before'][i - 1])} | {_cell(answers['after'][i - 1])} |")
     return "\n".join(lines) + "\n"
 
+
+
+# --- a served persona (lfx serve, or any OpenAI-compatible server) ---------------------------------
+
+HTTP_TIMEOUT = 300  # one answer on a slow CPU server; a dead server fails sooner (connection refused)
+
+
+def _http(url: str, payload: dict | None = None, timeout: float = HTTP_TIMEOUT) -> Any:
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = None if payload is None else json.dumps(payload, ensure_ascii=False).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        detail = err.read().decode(errors="replace")[:300]
+        raise LfxError(f"{url}: HTTP {err.code}: {detail}") from None
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+        reason = getattr(err, "reason", err)
+        raise LfxError(f"{url}: no answer ({reason}); is the server up (lfx serve)?") from None
+
+
+def served_model(url: str) -> str:
+    """The persona's name on the server: the LoRA adapter when one is served over a base, else the model."""
+    models = (_http(f"{url.rstrip('/')}/models", timeout=30) or {}).get("data") or []
+    if not models:
+        raise LfxError(f"{url}/models: the server lists no model")
+    adapters = [m for m in models if m.get("parent")]
+    return (adapters or models)[0]["id"]
+
+
+def reply_url(url: str, model: str, messages: list[dict[str, str]], max_new_tokens: int = 256,
+              temperature: float = 0.0) -> str:  # fmt: skip
+    """One assistant turn from an OpenAI-compatible server; the server applies the persona chat template."""
+    answer = _http(f"{url.rstrip('/')}/chat/completions", {"model": model, "messages": messages,
+                   "max_tokens": max_new_tokens, "temperature": temperature})  # fmt: skip
+    try:
+        return (answer["choices"][0]["message"]["content"] or "").strip()
+    except (KeyError, IndexError, TypeError):
+        raise LfxError(f"{url}/chat/completions: unexpected answer {str(answer)[:200]}") from None

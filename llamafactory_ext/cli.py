@@ -224,17 +224,38 @@ def upload(folder, repo_id, private, adapter_only, dry_run):
 
 
 @main.command()
-@click.argument("model_path", metavar="MODEL_OR_ADAPTER")
+@click.argument("model_path", metavar="MODEL_OR_ADAPTER", required=False)
+@click.option("--url", default=None, help="Talk to a served persona instead: http://HOST:PORT/v1 (lfx serve).")
+@click.option("--model", "served", default=None, help="With --url: the served model name (default: the persona the server lists).")
 @click.option("-m", "--message", "messages", multiple=True, help="Say this and exit (repeatable) instead of an interactive chat.")
 @click.option("--system", default=None, help="System prompt instead of the one in the chat template.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0: greedy.")
-@click.option("--show-prompt", is_flag=True, help="Print the templated prompt before each answer.")
-def chat(model_path, messages, system, max_new_tokens, temperature, show_prompt):
-    """Chat with a merged model or an adapter through its saved chat template (empty line or Ctrl-D ends)."""
-    from .chat import load, prompt_text, reply
+@click.option("--show-prompt", is_flag=True, help="Print the templated prompt before each answer (not with --url).")
+def chat(model_path, url, served, messages, system, max_new_tokens, temperature, show_prompt):
+    """Chat with a merged model or an adapter through its saved chat template, or with a served persona
+    (--url); an empty line or Ctrl-D ends."""
+    if bool(model_path) == bool(url):
+        raise LfxError("lfx chat: give MODEL_OR_ADAPTER or --url http://HOST:PORT/v1 (one of them)")
+    if url:
+        from .chat import reply_url, served_model
 
-    model, tokenizer = load(model_path)
+        if show_prompt:
+            raise LfxError("lfx chat: --show-prompt needs MODEL_OR_ADAPTER (the server applies the template)")
+        name = served or served_model(url)
+
+        def answer_to(history):
+            return reply_url(url, name, history, max_new_tokens, temperature)
+    else:
+        from .chat import load, prompt_text, reply
+
+        model, tokenizer = load(model_path)
+
+        def answer_to(history):
+            if show_prompt:
+                click.echo(prompt_text(tokenizer, history))
+            return reply(model, tokenizer, history, max_new_tokens, temperature)
+
     history = [{"role": "system", "content": system}] if system else []
     interactive = not messages
     queue = list(messages)
@@ -251,11 +272,48 @@ def chat(model_path, messages, system, max_new_tokens, temperature, show_prompt)
         if not text.strip():
             break
         history.append({"role": "user", "content": text})
-        if show_prompt:
-            click.echo(prompt_text(tokenizer, history))
-        answer = reply(model, tokenizer, history, max_new_tokens, temperature)
+        answer = answer_to(history)
         history.append({"role": "assistant", "content": answer})
         click.echo(f"assistant> {answer}")
+
+
+@main.command()
+@click.argument("target", metavar="MODEL_OR_ADAPTER", type=click.Path())
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 to serve other machines.")
+@click.option("--name", default=None, help="Served model name (default: the run's folder name).")
+@click.option("--base", default=None, help="An adapter's base model, when not where adapter_config.json says.")
+@click.option("--python", "python", default=None, help="python of vLLM's environment (default: LFX_VLLM_PYTHON, or vllm on PATH).")
+@click.option("--max-model-len", type=click.IntRange(min=16), default=None, help="Default: what fits the model and this machine.")
+@click.option("--wait", type=click.FloatRange(min=1), default=900, show_default=True, help="Seconds to wait for the server to be ready.")
+@click.option("--dry-run", is_flag=True, help="Print the vLLM command and exit.")
+@click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED)
+def serve(target, port, host, name, base, python, max_model_len, wait, dry_run, vllm_args):
+    """Serve a merged persona model or an adapter (over its base) with vLLM's OpenAI-compatible server.
+    Arguments after -- go to vLLM."""
+    import shlex
+
+    from . import serve as serving
+
+    plan = serving.plan(target, python=python, host=host, port=port, name=name, base=base,
+                        max_model_len=max_model_len, extra=tuple(vllm_args))  # fmt: skip
+    env = " ".join(f"{k}={v}" for k, v in plan.env.items())
+    click.echo(f"# {env + ' ' if env else ''}{shlex.join(plan.command())}", err=dry_run is False)
+    if dry_run:
+        return
+    proc = serving.start(plan)
+    try:
+        serving.wait_ready(plan, proc, wait)
+        click.echo(f"serving '{plan.name}' at {plan.url} (max model length {plan.max_model_len}); try:")
+        click.echo(plan.curl_example())
+        click.echo(f"or: lfx chat --url {plan.url}", nl=True)
+        sys.stdout.flush()
+        signal_stop = serving.ForwardSigterm(proc)
+        proc.wait()
+        if proc.returncode not in (0, None) and not signal_stop.stopped:
+            raise LfxError(f"vLLM exited with status {proc.returncode}")
+    finally:
+        serving.stop(proc)
 
 
 @main.command()

@@ -22,6 +22,7 @@ from typing import Any
 from .errors import LfxError
 from .files import atomic_write_text, dump_json, read_json, readable
 from .shards import DTYPE_BYTES, Header, ShardWriter, read_header, read_tensor, torch_dtype
+from .tokenizer_files import write_persona_tokenizer, write_stop_ids
 
 ADAPTER_CONFIG = "adapter_config.json"
 INDEX = "model.safetensors.index.json"
@@ -30,8 +31,6 @@ MERGE_RECORD = "lfx_merge.json"
 PREFIX = "base_model.model."
 # Base files that are weights (replaced by ours) or that describe the base and not the merge.
 SKIP_BASE = re.compile(r".*\.(safetensors|bin|pt|pth|h5|msgpack|onnx|gguf)$|^(README\.md|\.gitattributes|" + re.escape(INDEX) + r")$")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                   "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")  # fmt: skip
 # Run files worth keeping beside the merged weights (model card: loss plot, hyperparameters).
 RUN_FILES = ("lfx_run.json", "training_loss.png", "trainer_log.jsonl", "all_results.json")
 UNSUPPORTED = {
@@ -286,44 +285,6 @@ def _shard_bytes(base: Path, shard: str, adapter: Adapter) -> int:
     return sum(math.prod(shape) * DTYPE_BYTES[dtype] for _, dtype, shape in _layout(read_header(base / shard), adapter))
 
 
-def _finish_tokenizer(adapter: Adapter, base: Path, tmp: Path, template_name: str | None) -> list[int]:
-    """Save the tokenizer (the adapter's, else the base's) with the persona chat template; return stop ids."""
-    from transformers import AutoTokenizer
-
-    source = adapter.path if (adapter.path / "tokenizer_config.json").is_file() else base
-    tokenizer = AutoTokenizer.from_pretrained(str(source))
-    stop_ids: list[int] = []
-    if template_name:
-        from .templates import get_template
-
-        template = get_template(template_name)
-        template.fix_special_tokens(tokenizer)
-        tokenizer.chat_template = template._get_jinja_template(tokenizer)
-        stop_ids = template.get_stop_token_ids(tokenizer)
-    for name in TOKENIZER_FILES:
-        (tmp / name).unlink(missing_ok=True)  # the base's copies: the saved tokenizer replaces them
-    tokenizer.save_pretrained(str(tmp))
-    if tokenizer.eos_token_id is not None:
-        stop_ids.append(tokenizer.eos_token_id)
-    return stop_ids
-
-
-def _finish_generation_config(tmp: Path, stop_ids: list[int]) -> None:
-    from transformers import AutoConfig, GenerationConfig
-
-    if (tmp / "generation_config.json").is_file():
-        gen = GenerationConfig.from_pretrained(str(tmp))
-    else:
-        gen = GenerationConfig.from_model_config(AutoConfig.from_pretrained(str(tmp)))
-    eos = gen.eos_token_id
-    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-    for token_id in stop_ids:
-        if token_id not in eos:
-            eos.append(token_id)
-    gen.eos_token_id = eos[0] if len(eos) == 1 else eos
-    gen.save_pretrained(str(tmp))
-
-
 def plan_bytes(base: Path, weight_map: dict[str, str], adapter: Adapter) -> int:
     """Bytes the merged folder needs: the base's weights (resized by modules_to_save) and small files."""
     total = sum(_shard_bytes(base, shard, adapter) for shard in sorted(set(weight_map.values())))
@@ -385,8 +346,8 @@ def merge(adapter_dir: str | Path, out_dir: str | Path, base_arg: str | None = N
             index["metadata"] = {**(index.get("metadata") or {}), "total_size": total}
             atomic_write_text(tmp / INDEX, json.dumps(index, indent=2, sort_keys=True) + "\n")
         _resize_vocab(tmp, adapter)
-        stop_ids = _finish_tokenizer(adapter, base, tmp, template)
-        _finish_generation_config(tmp, stop_ids)
+        # Tokenizer files and stop metadata any consumer reads (transformers 4 and 5, vLLM, llama.cpp, TGI).
+        write_stop_ids(tmp, write_persona_tokenizer(tmp, base, template))
         for folder in (adapter_path, adapter_path.parent):
             for name in RUN_FILES:
                 if (folder / name).is_file() and not (tmp / name).exists():

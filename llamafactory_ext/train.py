@@ -158,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     from llamafactory.train.tuner import run_exp
 
     run_exp(config)
+    if int(os.environ.get("RANK", "0")) == 0:  # the saved tokenizer in the form every consumer loads
+        from .tokenizer_files import make_output_tokenizer_portable
+
+        make_output_tokenizer_portable(config.get("output_dir"), config.get("model_name_or_path"), config.get("template"))
     _finish()
     return 0
 

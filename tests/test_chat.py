@@ -43,3 +43,16 @@ def test_chat_and_compare_bad_input(tmp_path):
     empty.write_text("\n\n")
     result = lfx("compare", "--before", str(tmp_path), "--after", str(tmp_path), "--prompts", str(empty))
     assert result.exit_code == 2 and "prompts.txt: no prompts" in result.stderr
+
+
+def test_chat_url_bad_input():
+    import socket
+
+    result = lfx("chat")
+    assert result.exit_code == 2 and "give MODEL_OR_ADAPTER or --url" in result.stderr
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = lfx("chat", "--url", f"http://127.0.0.1:{port}/v1", "-m", "hi")
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and "is the server up (lfx serve)?" in result.stderr

