@@ -139,7 +139,7 @@ def datasets_register(into, force, names):
     click.echo(f"registered {', '.join(done)} into {Path(into) / 'dataset_info.json'}")
 
 
-@main.command(context_settings={"ignore_unknown_options": True})
+@main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
 @click.option("-o", "--out", "run_dir", default=None, type=click.Path(file_okay=False),
@@ -168,7 +168,7 @@ def train(recipe, overrides, run_dir, dry_run, background):
     sys.exit(subprocess.call([str(run / "train_sft.sh"), *flags], env=env))
 
 
-@main.command(context_settings={"ignore_unknown_options": True})
+@main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
@@ -337,7 +337,7 @@ def compare(before, after, prompts_file, out_file, max_new_tokens):
         click.echo(table, nl=False)
 
 
-@main.command(context_settings={"ignore_unknown_options": True})
+@main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
 @click.option("--preset", default=None, help="Model preset from launch/presets.yaml instead of the recipe's.")
@@ -367,7 +367,7 @@ def check(recipe, overrides, preset, gpu_type, max_cut, as_json, strict):
         sys.exit(1)
 
 
-@main.command(context_settings={"ignore_unknown_options": True})
+@main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
 @click.option("--gpus", type=click.IntRange(min=1), default=None, help="GPUs per node (default: the recipe's).")

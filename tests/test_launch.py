@@ -45,7 +45,7 @@ def test_ironman_recipe_is_the_seed_run(tmp_path):
     ds = json.loads((tmp_path / "ds_config.json").read_text())
     assert ds["zero_optimization"]["stage"] == 3
     script = (tmp_path / "train_sft.sh").read_text()
-    assert 'NPROC_PER_NODE="${NPROC_PER_NODE:-2}"' in script and 'LAUNCHER="${LAUNCHER:-deepspeed}"' in script
+    assert "RENDERED_GPUS=2\n" in script and 'LAUNCHER="${LAUNCHER:-deepspeed}"' in script
 
 
 BAD_RECIPES = {

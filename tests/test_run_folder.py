@@ -57,7 +57,7 @@ BAD_TRAIN = {
     "launch_gpus_zero": (["launch.gpus=0"], "field 'launch.gpus': expected a positive integer, got 0"),
     "launch_unknown_key": (["launch.gpu=2"], "unknown key 'launch.gpu' (did you mean 'gpus'?)"),
     "override_not_key_value": (["max_steps"], "override 'max_steps' is not key=value"),
-    "override_dash": (["--max_steps=3"], "override '--max_steps=3' is not key=value"),
+    "override_dash": (["--max_steps=3"], "No such option '--max_steps'"),
     "override_bad_type": (["learning_rate=fast"], "field 'learning_rate': expected a number, got 'fast'"),
     "override_unknown_key": (["max_step=3"], "unknown key 'max_step': not a LLaMA-Factory argument (did you mean 'max_steps'?)"),
 }
