@@ -348,7 +348,9 @@ def generate_answers(model, tokenizer, convs: list[list[dict[str, str]]], max_ne
     import torch
 
     eos = stop_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    if tokenizer.pad_token_id is None:  # base tokenizers often have none; left padding is masked anyway
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(eos[0])
+    pad = tokenizer.pad_token_id
     texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in convs]
     order = sorted(range(len(texts)), key=lambda i: len(tokenizer(texts[i], add_special_tokens=False)["input_ids"]))
     results: list[tuple[str, bool]] = [("", False)] * len(texts)

@@ -134,7 +134,7 @@ def test_eval_bad_inputs_one_line_exit_2_nothing_written(split_run, ironman_run,
     # A malformed prompts file: line and column.
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "hi", "output": "yo"}\n{"instruction": "oops" "output": 1}\n', encoding="utf-8")
-    _bad([merged, "--prompts", str(bad)], split_run["out"], f"{bad}:2:23: invalid JSON")
+    _bad([merged, "--prompts", str(bad)], split_run["out"], f"{bad}:2:24: invalid JSON")
     bad_json = tmp_path / "bad.json"
     write_json(bad_json, [{"instruction": "hi"}, {"input": "no instruction"}])
     _bad([merged, "--prompts", str(bad_json)], split_run["out"], f"{bad_json}: record 1: field 'instruction'")
