@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from .datasets import ALPACA_DEFAULTS, SHAREGPT_DEFAULTS, load_entries
 from .errors import LfxError
-from .eval_metrics import Answer, summarize
+from .eval_metrics import Answer, persona_chrf, summarize
 from .files import atomic_write_text, dump_json, read_json
 from .paths import datasets_dir
 
@@ -465,12 +465,16 @@ def training_answers(record: dict[str, Any], record_path: Path) -> tuple[list[st
 
 def report(target: Target, evalset: EvalSet, answers: dict[str, list[tuple[str, bool]]], max_new_tokens: int,
            url: str | None) -> dict[str, Any]:  # fmt: skip
+    ceiling = persona_chrf([p.reference for p in evalset.prompts if p.reference], evalset.persona_answers)
     out: dict[str, Any] = {
         "config": {
             "model": str(target.path), "kind": target.kind, "base_model": str(target.base), "url": url,
             "prompts": evalset.source, "n": len(evalset.prompts), "persona_answers": len(evalset.persona_answers),
             "language": evalset.language, "system_prompt": target.system, "max_new_tokens": max_new_tokens,
             "decoding": "greedy",
+            # The held-out references themselves scored as answers: what in-voice answers to new
+            # questions reach, since persona chrF rewards reusing the training answers' wording.
+            "reference_persona_chrf": None if ceiling is None else round(ceiling, 4),
         },
     }  # fmt: skip
     for name in SYSTEMS:
@@ -520,6 +524,7 @@ def markdown(result: dict[str, Any]) -> str:
              f"- base: `{cfg['base_model']}`; prompted = base + the persona system prompt",
              f"- prompts: {cfg['n']} ({cfg['prompts']}); persona chrF against {cfg['persona_answers']} training answers",
              f"- greedy decoding, up to {cfg['max_new_tokens']} new tokens; chrF is sacrebleu's sentence chrF (0-100), averaged",
+             f"- persona chrF of the held-out reference answers themselves: {_num(cfg['reference_persona_chrf'], '{:.1f}')}",
              "", "## Overall", "", *overall_table(result)]  # fmt: skip
     for level in ("datasets", "tasks"):
         for group in result["base"][level]:
