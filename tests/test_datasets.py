@@ -44,7 +44,7 @@ def test_register_into_empty_folder_is_loadable_by_llamafactory(tmp_path):
     result = lfx("datasets", "register", "--into", str(tmp_path))
     assert result.exit_code == 0, result.output
     info = json.loads((tmp_path / "dataset_info.json").read_text(encoding="utf-8"))
-    assert set(info) == {"ironman", "eco_multitask"}
+    assert set(info) == {"ironman", "eco_multitask", "ironman_en"}
     assert "lfx" not in info["eco_multitask"]  # our key stays ours
     assert (tmp_path / "ironman.json").read_bytes() == (REPO / "datasets" / "ironman.json").read_bytes()
     attrs = get_dataset_list(["ironman", "eco_multitask"], str(tmp_path))

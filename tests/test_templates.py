@@ -35,7 +35,7 @@ def test_register_templates_adds_ours_to_llamafactory_registry_idempotently():
     builtin_llama3 = TEMPLATES["llama3"]
     first = llamafactory_ext.register_templates()
     second = llamafactory_ext.register_templates()
-    assert first == second == ["llama3-persona", "qwen-persona"]
+    assert first == second == ["llama3-persona", "qwen-persona", "smollm2-persona"]
     assert TEMPLATES["llama3"] is builtin_llama3  # the base is copied, never edited
     assert TEMPLATES["llama3"].default_system == ""
     assert TEMPLATES["llama3-persona"].default_system == IRONMAN_SYSTEM

