@@ -185,6 +185,16 @@ def test_vllm_serves_the_merged_persona_through_lfx_serve(real_tokenizer_run, vl
         chat = lfx("chat", "--url", url, "-m", USER, "-m", "슈트는 몇 벌이야?", "--max-new-tokens", "4")
         assert chat.exit_code == 0, chat.output
         assert chat.stdout.count("assistant> ") == 2
+        # lfx eval --url: the tuned answers come from the server, base and prompted from transformers here.
+        prompts = tmp_path / "prompts.txt"
+        prompts.write_text(f"{USER}\n슈트는 몇 벌이야?\n", encoding="utf-8")
+        evaluated = lfx("eval", str(run["merged"]), "--url", url, "--prompts", str(prompts), "-o", str(tmp_path / "eval"),
+                        "--max-new-tokens", "4")  # fmt: skip
+        assert evaluated.exit_code == 0, evaluated.output
+    result = json.loads((tmp_path / "eval" / "eval.json").read_text(encoding="utf-8"))
+    assert result["config"]["url"] == url
+    assert {"base", "prompted", "tuned"} <= set(result) and len(result["answers"]) == 2
+    assert "stop_rate" in result["tuned"]["overall"] and all(isinstance(a["tuned"]["text"], str) for a in result["answers"])
     log = (tmp_path / "serve.log").read_text(encoding="utf-8")
     assert "curl http://127.0.0.1:" in log and "/chat/completions" in log
 

@@ -156,7 +156,7 @@ def test_run_survives_source_edits_and_resumes_past_a_truncated_checkpoint(tiny_
     assert (out / "checkpoint-4.incomplete").is_dir() and (out / "checkpoint-4" / "trainer_state.json").is_file()
     log = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
     assert [entry["current_steps"] for entry in log if "loss" in entry] == [3, 4]
-    assert "training finished, but merging or uploading failed; the adapter is safe in" in proc.stderr
+    assert "training finished, but merging, evaluating or uploading failed; the adapter is safe in" in proc.stderr
     assert (out / "adapter_model.safetensors").is_file()
     starts = [line for line in (run / "train.log").read_text().splitlines() if " start: " in line]
     assert len(starts) == 2 and starts[0].endswith("resume none") and starts[1].endswith(f"resume {out}/checkpoint-2")
