@@ -269,7 +269,7 @@ def aligned_records(recipe: Recipe, name: str, records: list | None = None) -> l
     convert = get_dataset_converter(attr.formatting, attr, data_args)
     if records is None:  # `lfx plan`: records not validated yet, and unavailable ones are an error there
         entry = load_entries()[name]
-        records = countable_records(entry)
+        records = countable_records(entry, recipe.args.get("cache_dir"))
         check_entry(entry, records)
     out = [convert(record) for record in records]
     limit = recipe.args.get("max_samples")

@@ -291,10 +291,10 @@ def read_records(entry: DatasetEntry, cache_dir: str | None = None) -> list:
     raise RecordsUnavailable(f"cloud file '{info[key]}' is not read by lfx check")
 
 
-def countable_records(entry: DatasetEntry) -> list:
+def countable_records(entry: DatasetEntry, cache_dir: str | None = None) -> list:
     """read_records, with 'not available here' as an error (for counting samples in `lfx plan`)."""
     try:
-        return read_records(entry)
+        return read_records(entry, cache_dir=cache_dir)
     except RecordsUnavailable as why:
         raise LfxError(f"{entry.directory / INFO_FILE}: dataset '{entry.name}': {why}: its samples cannot be counted "
                        "here (download it first)") from None  # fmt: skip

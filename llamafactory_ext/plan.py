@@ -92,7 +92,7 @@ def samples(recipe: Recipe) -> int:
     entries = load_entries()
     total = 0
     for name in dataset_names(recipe.args["dataset"]):
-        count = len(countable_records(entries[name]))
+        count = len(countable_records(entries[name], recipe.args.get("cache_dir")))
         total += min(count, recipe.args["max_samples"]) if recipe.args.get("max_samples") else count
     val = recipe.args.get("val_size") or 0
     return total - (int(val) if val >= 1 else int(math.ceil(total * val)) if val else 0)

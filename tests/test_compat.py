@@ -4,11 +4,13 @@ vLLM's OpenAI server through `lfx serve`. Each runs in its own cached environmen
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 USER = "토니, 자기소개 해줘"
 CONVERSATIONS = {
@@ -188,8 +190,15 @@ def test_vllm_serves_the_merged_persona_through_lfx_serve(real_tokenizer_run, vl
         # lfx eval --url: the tuned answers come from the server, base and prompted from transformers here.
         prompts = tmp_path / "prompts.txt"
         prompts.write_text(f"{USER}\n슈트는 몇 벌이야?\n", encoding="utf-8")
+        # The real Llama-3 tokenizer here is the base model's, without a chat template: give the base the
+        # official Llama-3 Instruct one, as an instruct base would have.
+        base = tmp_path / "base"
+        shutil.copytree(run["base"], base)
+        config = json.loads((base / "tokenizer_config.json").read_text(encoding="utf-8"))
+        config["chat_template"] = (REPO / "llamafactory_ext" / "tiny" / "llama3-instruct.jinja").read_text(encoding="utf-8")
+        (base / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
         evaluated = lfx("eval", str(run["merged"]), "--url", url, "--prompts", str(prompts), "-o", str(tmp_path / "eval"),
-                        "--max-new-tokens", "4")  # fmt: skip
+                        "--base", str(base), "--max-new-tokens", "4")  # fmt: skip
         assert evaluated.exit_code == 0, evaluated.output
     result = json.loads((tmp_path / "eval" / "eval.json").read_text(encoding="utf-8"))
     assert result["config"]["url"] == url
