@@ -140,7 +140,7 @@ def test_eval_bad_inputs_one_line_exit_2_nothing_written(split_run, ironman_run,
     _bad([merged, "--prompts", str(bad_json)], split_run["out"], f"{bad_json}: record 1: field 'instruction'")
     # A base that is not the model the tuned one came from (merged and adapter).
     _bad([merged, "--base", str(tiny_qwen2)], split_run["out"], "does not match")
-    _bad([str(split_run["adapter"]), "--base", str(tiny_qwen2)], split_run["out"], "adapter does not match base")
+    _bad([str(split_run["adapter"]), "--base", str(tiny_qwen2)], split_run["out"], "field 'model_type' is 'qwen2' in the base")
     # An endpoint that does not answer: bounded, one line.
     _bad([merged, "--url", "http://127.0.0.1:9"], split_run["out"], "--url http://127.0.0.1:9: no OpenAI-compatible server")
     # Not a model at all.
