@@ -171,7 +171,7 @@ def record_prompt(where: str, record: Any, info: dict[str, Any], dataset: str = 
             raise LfxError(f"{where}: field '{cols['prompt']}': expected non-empty text")
         query = record.get(cols["query"]) or ""
         messages: list[dict[str, str]] = []
-        for pair in record.get(cols.get("history", "history")) or []:
+        for pair in (record.get(cols["history"]) if "history" in cols else None) or []:  # only when declared
             messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
         messages.append({"role": "user", "content": "\n".join(filter(None, [prompt, query]))})
         reference = record.get(cols["response"]) or ""
