@@ -134,13 +134,14 @@ def loop_rate(answers: list[str]) -> float | None:
 def score(items: list[Answer], persona_answers: list[str], language: str | None) -> dict[str, Any]:
     """Every metric over `items`; JSON metrics over the JSON-expected ones only (absent when none)."""
     answers = [i.answer for i in items]
-    references = [i.reference for i in items]
+    # chrF and length against a reference only where there is one (a prompts file may have none).
+    referenced = [i for i in items if i.reference]
     out: dict[str, Any] = {
         "n": len(items),
-        "chrf": chrf(answers, references),
+        "chrf": chrf([i.answer for i in referenced], [i.reference for i in referenced]),
         "persona_chrf": persona_chrf(answers, persona_answers),
         "stop_rate": stop_rate([i.stopped for i in items]),
-        "length_ratio": length_ratio(answers, references),
+        "length_ratio": length_ratio([i.answer for i in referenced], [i.reference for i in referenced]),
         "loop_rate": loop_rate(answers),
         "mean_answer_chars": mean(len(a) for a in answers),
     }

@@ -98,21 +98,26 @@ def _config(folder: Path) -> dict[str, Any]:
     return data.get("text_config", data) if isinstance(data, dict) else {}
 
 
-def check_base(model: Path, kind: str, base: Path, base_arg: str | None) -> None:
-    """The base must be the model the tuned one came from: the adapter's weights fit it, or the
-    merged model has its architecture."""
+def check_base(model: Path, kind: str, base: Path, recorded_base: str) -> None:
+    """The base must be the model the tuned one came from: the adapter's weights fit it and it has
+    the architecture of the base the adapter recorded (when that is here), or the merged model's."""
     if not (base / "config.json").is_file():
         raise LfxError(f"--base: {base}: no config.json (not a model folder)")
     if kind == "adapter":
         from .merge import base_weight_map, check_match, load_adapter
 
         check_match(load_adapter(model), base, None, base_weight_map(base))
-        return
-    tuned, shipped = _config(model), _config(base)
+        recorded = Path(recorded_base)
+        if not (recorded / "config.json").is_file():
+            return  # a Hub id not cached here: the weight shapes above are what can be checked
+        reference, what = _config(recorded), f"the adapter's base {recorded}"
+    else:
+        reference, what = _config(model), "the tuned model"
+    shipped = _config(base)
     for key in SHAPE_FIELDS:
-        if tuned.get(key) != shipped.get(key):
+        if reference.get(key) != shipped.get(key):
             raise LfxError(f"--base: {base}: does not match {model}: field '{key}' is {shipped.get(key)!r} in the base, "
-                           f"{tuned.get(key)!r} in the tuned model")  # fmt: skip
+                           f"{reference.get(key)!r} in {what}")  # fmt: skip
 
 
 def resolve_target(path: str | Path, base_arg: str | None) -> Target:
@@ -120,16 +125,16 @@ def resolve_target(path: str | Path, base_arg: str | None) -> Target:
 
     model, kind = find_model(path)
     record, record_path = find_record(model)
-    if base_arg is None:
-        if kind == "adapter":
-            base_arg = str(read_json(model / "adapter_config.json").get("base_model_name_or_path") or "")
-        else:
-            base_arg = str((read_json(model / "lfx_merge.json") if (model / "lfx_merge.json").is_file() else {}).get(
-                "base_model") or record["args"].get("model_name_or_path") or "")  # fmt: skip
-        if not base_arg:
-            raise LfxError(f"{record_path}: field 'args.model_name_or_path': missing (pass --base)")
+    if kind == "adapter":
+        recorded = str(read_json(model / "adapter_config.json").get("base_model_name_or_path") or "")
+    else:
+        recorded = str((read_json(model / "lfx_merge.json") if (model / "lfx_merge.json").is_file() else {}).get(
+            "base_model") or record["args"].get("model_name_or_path") or "")  # fmt: skip
+    base_arg = base_arg or recorded
+    if not base_arg:
+        raise LfxError(f"{record_path}: field 'args.model_name_or_path': missing (pass --base)")
     base = resolve_base(base_arg)
-    check_base(model, kind, base, base_arg)
+    check_base(model, kind, base, recorded)
     system = str((record.get("template") or {}).get("default_system") or "")
     if not system:
         raise LfxError(f"{record_path}: field 'template.default_system': the run's template has no persona system prompt")
@@ -166,7 +171,7 @@ def record_prompt(where: str, record: Any, info: dict[str, Any], dataset: str = 
             raise LfxError(f"{where}: field '{cols['prompt']}': expected non-empty text")
         query = record.get(cols["query"]) or ""
         messages: list[dict[str, str]] = []
-        for pair in record.get(cols.get("history", "history")) or []:
+        for pair in (record.get(cols["history"]) if "history" in cols else None) or []:  # only when declared
             messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
         messages.append({"role": "user", "content": "\n".join(filter(None, [prompt, query]))})
         reference = record.get(cols["response"]) or ""

