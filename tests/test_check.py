@@ -49,13 +49,13 @@ def test_clean_run_reports_lengths_and_labels_and_exits_0(tiny_llama3, tmp_path)
 
 
 def test_samples_cut_at_cutoff_len_are_counted_with_a_suggestion(tiny_llama3, tmp_path):
-    recipe = write_recipe(tmp_path / "short.yaml", tiny_recipe_dict(tiny_llama3, dataset="ironman", cutoff_len=140))
+    recipe = write_recipe(tmp_path / "short.yaml", tiny_recipe_dict(tiny_llama3, dataset="ironman", cutoff_len=175))
     result = lfx("check", str(recipe), "--json")
     assert result.exit_code == 0, result.output  # warnings only
     report = json.loads(result.stdout)
     stats = report["lengths"][0]
     assert 0 < stats["cut"] < 66 and stats["cut_share"] == pytest.approx(stats["cut"] / 66)
-    warning = next(f for f in report["findings"] if "cut at cutoff_len 140" in f["message"])
+    warning = next(f for f in report["findings"] if "cut at cutoff_len 175" in f["message"])
     assert f"cutoff_len {-(-stats['keeps_99'] // 64) * 64} keeps 99%" in warning["message"]
     assert f"{stats['cut_share']:.1%} of samples ({stats['cut']}/66)" in warning["message"]
     assert lfx("check", str(recipe), "--strict").exit_code == 1

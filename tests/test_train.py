@@ -113,7 +113,8 @@ def test_runs_under_the_deepspeed_launcher_and_exits_0(tiny_llama3, tmp_path):
 
 
 def test_local_rank_argument_is_consumed(monkeypatch):
-    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "")  # recorded, so the value split_argv sets is undone after the test
+    monkeypatch.delenv("LOCAL_RANK")
     assert split_argv(["--local_rank=1", "run.yaml", "max_steps=3"]) == ("run.yaml", ["max_steps=3"])
     assert os.environ["LOCAL_RANK"] == "1"
     with pytest.raises(LfxError, match="not key=value"):
