@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LfxError
-from .files import atomic_copy, atomic_write_text, dump_json, read_json
+from .files import atomic_copy, atomic_write_text, dump_json, read_json, read_jsonl
 from .paths import datasets_dir
 
 INFO_FILE = "dataset_info.json"
@@ -177,17 +177,6 @@ def source_label(entry: DatasetEntry) -> str:
     return f"dataset '{entry.name}' ({key} '{entry.info[key]}')"
 
 
-def _jsonl(path: Path) -> list:
-    records = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise LfxError(f"{path}:{lineno}:{err.colno}: invalid JSON: {err.msg}") from None
-    return records
-
-
 def _first_line(err: BaseException) -> str:
     text = " ".join(str(err).split())
     return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
@@ -197,18 +186,26 @@ def _hf_load(where: str, *args, cache_dir: str | None = None, **kwargs) -> list:
     """Records through HF `datasets`.load_dataset, as LLaMA-Factory's loader calls it. Local files are
     read with a throw-away cache (check writes nothing); Hub datasets use the run's cache_dir."""
     import contextlib
+    import logging
     import tempfile
 
     from datasets import load_dataset
     from datasets.utils.logging import disable_progress_bar
 
     disable_progress_bar()
-    with contextlib.ExitStack() as stack:
-        if cache_dir is None and kwargs.pop("local", False):
-            cache_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="lfx-check-"))
-        kwargs.pop("local", None)
-        dataset = load_dataset(*args, cache_dir=cache_dir, **kwargs)
-        return dataset.to_list()
+    # A bad file makes `datasets` log an ERROR line before it raises; our one-line error says it instead.
+    quiet = logging.getLogger("datasets")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        with contextlib.ExitStack() as stack:
+            if cache_dir is None and kwargs.pop("local", False):
+                cache_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="lfx-check-"))
+            kwargs.pop("local", None)
+            dataset = load_dataset(*args, cache_dir=cache_dir, **kwargs)
+            return dataset.to_list()
+    finally:
+        quiet.setLevel(level)
 
 
 def _file_records(entry: DatasetEntry) -> list:
@@ -230,7 +227,7 @@ def _file_records(entry: DatasetEntry) -> list:
     if len(kinds) > 1:
         raise LfxError(f"{where}: the folder mixes file types ({', '.join(sorted(kinds))}); LLaMA-Factory needs one type")
     if len(files) == 1 and path.suffix == ".jsonl":
-        records = _jsonl(path)
+        records = read_jsonl(path)
     elif len(files) == 1 and path.suffix == ".json":
         data = read_json(path)
         if not isinstance(data, list):

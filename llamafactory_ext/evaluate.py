@@ -24,7 +24,7 @@ from typing import Any, Callable
 from .datasets import ALPACA_DEFAULTS, SHAREGPT_DEFAULTS, load_entries
 from .errors import LfxError
 from .eval_metrics import Answer, persona_chrf, summarize
-from .files import atomic_write_text, dump_json, read_json
+from .files import atomic_write_text, dump_json, read_json, read_jsonl
 from .paths import datasets_dir
 
 SYSTEMS = ("base", "prompted", "tuned")
@@ -272,13 +272,7 @@ def read_prompts_file(path: str | Path) -> list[Prompt]:
     if not path.is_file():
         raise LfxError(f"{path}: file not found")
     if path.suffix == ".jsonl":
-        items = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    items.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise LfxError(f"{path}:{lineno}:{err.colno}: invalid JSON: {err.msg}") from None
+        items = read_jsonl(path)
     elif path.suffix == ".json":
         items = read_json(path)
         if not isinstance(items, list):
@@ -320,7 +314,7 @@ def conversations(system_name: str, prompts: list[Prompt], persona_system: str) 
 def load_model(path: Path):
     """(model, tokenizer) for generation: bf16 on a GPU, fp32 on CPU; left padding for batches."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     cuda = torch.cuda.is_available()
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.bfloat16 if cuda else torch.float32)

@@ -57,6 +57,19 @@ def _check_yaml_nodes(path: Path, node, field: str = "") -> None:
             raise LfxError(f"{path}:{node.start_mark.line + 1}: {where}: {node.value} is not a finite number")
 
 
+def read_jsonl(path: str | Path) -> list:
+    """JSON Lines: one value a line (blank lines skipped); an error names line and column."""
+    path = Path(path)
+    records = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise LfxError(f"{path}:{lineno}:{err.colno}: invalid JSON: {err.msg}") from None
+    return records
+
+
 def read_yaml(path: str | Path) -> Any:
     """A YAML file, strictly: duplicate keys and non-finite numbers are errors with their line."""
     import yaml

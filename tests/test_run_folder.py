@@ -11,7 +11,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 from conftest import BIN, FAKE_TOKEN, REPO, lfx, snapshot, tiny_recipe_dict, write_recipe
 from hub_standin import HubStandin
 
@@ -149,7 +148,7 @@ def test_dry_runs_change_no_file_and_send_nothing(ironman_run, merged_ironman, t
     assert "would install nothing" in out
     assert f"resuming from {volume}/output/checkpoint-4" in out
     assert "node 0 would run: " in out and "deepspeed.launcher.runner" in out and "--num_gpus 2" in out
-    assert f"would merge: " in alone.stdout and f"-o {volume}/merged --force" in alone.stdout
+    assert "would merge: " in alone.stdout and f"-o {volume}/merged --force" in alone.stdout
     assert "would create private model repo" in alone.stdout and "tony/dry" in alone.stdout
     assert FAKE_TOKEN not in full.stdout + full.stderr + alone.stdout + alone.stderr
 
