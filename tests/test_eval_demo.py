@@ -32,10 +32,10 @@ def test_demo_persona_takes_hold_on_smollm2(tmp_path):
     base, prompted, tuned = (data[n]["overall"] for n in ("base", "prompted", "tuned"))
     assert data["config"]["base_model"] == str(model.resolve()) or data["config"]["base_model"].endswith("smollm2-135m-instruct")
     assert tuned["n"] == 19 and tuned["language"] == "en"  # 15% of ironman_en, held out by LLaMA-Factory
-    # The voice moves: above the base and the prompted base, and at least as close to the training
-    # answers as the held-out references themselves (in-voice answers to new questions). Measured:
-    # 22.4 / 20.9 -> 26.3, references 24.6; the issue's +10 points is out of reach on held-out
-    # questions without parroting the training answers (see README, demo).
-    assert tuned["persona_chrf"] >= max(base["persona_chrf"], prompted["persona_chrf"]) + 2, (base, prompted, tuned)
+    # The issue's target: the voice takes, 10 points of persona chrF above both the base and the
+    # prompted base, and the tuned model stops on its own. Measured: 22.4 / 20.9 -> 40.6, stop rate
+    # 16% -> 100% (README, demo). The tuned answers are also closer to the training answers than the
+    # held-out references themselves are (24.6): the voice is carried by the training answers' phrasing.
+    assert tuned["persona_chrf"] >= max(base["persona_chrf"], prompted["persona_chrf"]) + 10, (base, prompted, tuned)
     assert tuned["persona_chrf"] >= data["config"]["reference_persona_chrf"], (tuned, data["config"])
     assert tuned["stop_rate"] >= 0.9 and base["stop_rate"] < 0.5, (base, tuned)
