@@ -1,7 +1,10 @@
-"""Reading YAML/JSON with positions in errors, and atomic writes (never a half-written file)."""
+"""Reading and writing files: text in UTF-8 (with or without BOM) or a one-line error naming the encoding
+found; YAML/JSON/JSON Lines with positions in errors; paths kept inside the folder they belong to;
+atomic writes that never leave a half-written file or overwrite an input."""
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import tempfile
@@ -10,21 +13,110 @@ from typing import Any
 
 from .errors import LfxError
 
+# Legacy encodings users' files come in, tried in this order to name what a non-UTF-8 file is (Korean
+# spreadsheets export CP949/EUC-KR; Windows tools UTF-16 with a BOM).
+LEGACY = (("cp949", "CP949/EUC-KR (Korean)"), ("shift_jis", "Shift-JIS (Japanese)"), ("gb18030", "GB18030 (Chinese)"),
+          ("cp1252", "Windows-1252"))  # fmt: skip
+
+
+def encoding_problem(path: Path, data: bytes) -> str:
+    """Why `data` is not UTF-8 text, naming the encoding it is in and how to convert it."""
+    for bom, name in ((codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16")):
+        if data.startswith(bom):
+            return f"{path}: encoded as {name}, not UTF-8: convert it (iconv -f UTF-16 -t UTF-8 '{path}' > out)"
+    err = None
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        err = e
+    for codec, label in LEGACY:
+        try:
+            text = data.decode(codec)
+        except UnicodeDecodeError:
+            continue
+        if codec != "cp949" or any("\uac00" <= c <= "\ud7a3" for c in text):
+            return (f"{path}: not UTF-8 (byte {err.start if err else '?'}): looks like {label}; convert it "
+                    f"(iconv -f {codec.upper()} -t UTF-8 '{path}' > out, or save as UTF-8)")
+    return f"{path}: not UTF-8 text ({err.reason if err else 'undecodable'} at byte {err.start if err else '?'})"
+
+
+def read_text(path: str | Path) -> str:
+    """A text file in UTF-8, a leading BOM dropped; LfxError (one line) when missing or not UTF-8."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise LfxError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise LfxError(f"{path}: is a folder, not a file") from None
+    except PermissionError:
+        raise LfxError(f"{path}: not readable (permission denied)") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise LfxError(encoding_problem(path, data)) from None
+
+
+def has_bom(path: str | Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(3) == codecs.BOM_UTF8
+
+
+def inside(base: str | Path, relative: str, where: str) -> Path:
+    """`base / relative`, refused unless it stays inside `base` (no absolute path, no `..` escape)."""
+    rel = Path(relative)
+    if rel.is_absolute() or relative.startswith("~"):
+        raise LfxError(f"{where}: '{relative}' is an absolute path; give it relative to {base}")
+    target = Path(os.path.normpath(Path(base) / rel))
+    base_norm = Path(os.path.normpath(base))
+    if target != base_norm and base_norm not in target.parents:
+        raise LfxError(f"{where}: '{relative}' leads outside {base}")
+    return target
+
+
+def refuse_overwrite(out: str | Path, inputs: list[str | Path], what: str = "output") -> None:
+    """An output path that is one of the command's own inputs (or holds one) would destroy it."""
+    out_path = Path(out).resolve()
+    for item in inputs:
+        if item is None:
+            continue
+        source = Path(item).resolve()
+        if out_path == source or out_path in source.parents:
+            raise LfxError(f"{out}: the {what} would overwrite the input {item}; choose another path")
+
+
+class DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object hook: a key given twice in one object is an error (json keeps the last one silently,
+    the JSON twin of YAML's duplicate keys)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def parse_json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as err:
+        raise LfxError(f"{where}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from None
+    except DuplicateKey as err:
+        raise LfxError(f"{where}: field '{err.key}': defined twice in one object (JSON would keep only the last one)") from None
+
 
 def read_json(path: str | Path) -> Any:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise LfxError(f"{path}: file not found") from None
-    except UnicodeDecodeError as err:
-        raise LfxError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    text = read_text(path)
     if not text.strip():
         raise LfxError(f"{path}: file is empty")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise LfxError(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from None
+    return parse_json(text, str(path))
 
 
 def _check_yaml_nodes(path: Path, node, field: str = "") -> None:
@@ -52,7 +144,7 @@ def _check_yaml_nodes(path: Path, node, field: str = "") -> None:
         for i, item in enumerate(node.value):
             _check_yaml_nodes(path, item, f"{field}[{i}]")
     elif isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:float":
-        if not math.isfinite(yaml.SafeLoader("").construct_yaml_float(node)):
+        if not math.isfinite(_loader()("").construct_yaml_float(node)):
             where = f"field '{field}'" if field else "value"
             raise LfxError(f"{path}:{node.start_mark.line + 1}: {where}: {node.value} is not a finite number")
 
@@ -61,27 +153,76 @@ def read_jsonl(path: str | Path) -> list:
     """JSON Lines: one value a line (blank lines skipped); an error names line and column."""
     path = Path(path)
     records = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(read_text(path).splitlines(), 1):
         if line.strip():
             try:
-                records.append(json.loads(line))
+                records.append(json.loads(line, object_pairs_hook=_unique_keys))
             except json.JSONDecodeError as err:
                 raise LfxError(f"{path}:{lineno}:{err.colno}: invalid JSON: {err.msg}") from None
+            except DuplicateKey as err:
+                raise LfxError(f"{path}:{lineno}: field '{err.key}': defined twice in one object") from None
     return records
 
 
+def read_json_records(path: str | Path) -> list:
+    """A `.json` data file as LLaMA-Factory's loader (HF datasets' json builder) reads it: one JSON list
+    of records, or JSON Lines (one record a line) under a .json name."""
+    path = Path(path)
+    text = read_text(path)
+    if not text.strip():
+        raise LfxError(f"{path}: file is empty")
+    try:
+        data = json.loads(text, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as err:
+        if err.msg == "Extra data" and text.lstrip().startswith("{"):
+            return read_jsonl(path)
+        data = parse_json(text, str(path))  # raises the one-line error with line and column
+    except DuplicateKey:
+        data = parse_json(text, str(path))
+    if not isinstance(data, list):
+        raise LfxError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+    return data
+
+
+def _loader():
+    """PyYAML's safe loader reading scalars as LLaMA-Factory's config reader (OmegaConf.load) does:
+    `1e-4` is a number (YAML 1.1 wants `1.0e-4`), and dates stay text."""
+    global _LOADER
+    if _LOADER is None:
+        import re
+
+        import yaml
+
+        class Loader(yaml.SafeLoader):
+            pass
+
+        # omegaconf/_yaml.py, get_yaml_loader: the float resolver and no timestamps.
+        Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"""^(?:
+             [-+]?[0-9]+(?:_[0-9]+)*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+            |[-+]?[0-9]+(?:_[0-9]+)*(?:[eE][-+]?[0-9]+)
+            |\.[0-9]+(?:_[0-9]+)*(?:[eE][-+][0-9]+)?
+            |[-+]?[0-9]+(?:_[0-9]+)*(?::[0-5]?[0-9])+\.[0-9_]*
+            |[-+]?\.(?:inf|Inf|INF)
+            |\.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789."))  # fmt: skip
+        Loader.yaml_implicit_resolvers = {key: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+                                          for key, resolvers in Loader.yaml_implicit_resolvers.items()}  # fmt: skip
+        _LOADER = Loader
+    return _LOADER
+
+
+_LOADER = None
+
+
 def read_yaml(path: str | Path) -> Any:
-    """A YAML file, strictly: duplicate keys and non-finite numbers are errors with their line."""
+    """A YAML file read as LLaMA-Factory reads its configs, strictly: duplicate keys and non-finite
+    numbers are errors with their line."""
     import yaml
 
     path = Path(path)
+    text = read_text(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise LfxError(f"{path}: file not found") from None
-    try:
-        _check_yaml_nodes(path, yaml.compose(text, Loader=yaml.SafeLoader))
-        data = yaml.safe_load(text)
+        _check_yaml_nodes(path, yaml.compose(text, Loader=_loader()))
+        data = yaml.load(text, Loader=_loader())  # noqa: S506 (a SafeLoader subclass)
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)

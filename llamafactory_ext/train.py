@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from .datasets import INFO_FILE, dataset_names, load_entries, register_datasets
 from .errors import LfxError
-from .files import atomic_write_text, dump_json, read_json, read_yaml
-from .paths import datasets_dir, resolve_model
+from .files import has_bom, read_json, read_yaml
+from .models import for_loading
+from .paths import datasets_dir
+from .persona.dataset_entries import INFO_FILE, dataset_names, load_entries, register_datasets
+from .run import record as run_record
+from .secrets import refuse as refuse_secrets
 
 USAGE = "usage: python -m llamafactory_ext.train CONFIG.yaml [key=value ...]"
 
@@ -51,7 +53,10 @@ def load_config(path: str, overrides: list[str]) -> dict[str, Any]:
     data = read_json(path) if path.endswith(".json") else read_yaml(path)
     if not isinstance(data, dict):
         raise LfxError(f"{path}: expected a mapping of LLaMA-Factory arguments, got {type(data).__name__}")
-    merged = OmegaConf.merge(OmegaConf.create(data), OmegaConf.from_cli(overrides))
+    refuse_secrets(path, data)  # every rank refuses: a key in a config ends up in training_args.bin and logs
+    extra = OmegaConf.to_container(OmegaConf.from_cli(overrides))
+    refuse_secrets(f"{path}: override", extra)
+    merged = OmegaConf.merge(OmegaConf.create(data), OmegaConf.create(extra))
     return OmegaConf.to_container(merged)
 
 
@@ -64,11 +69,11 @@ def prepare(config: dict[str, Any], config_path: str = "config") -> dict[str, An
     """
     from llamafactory.data.template import TEMPLATES
 
-    from .templates import register_templates
+    from .persona.templates import register_templates
 
     ours = register_templates()
     if config.get("model_name_or_path"):
-        config["model_name_or_path"] = resolve_model(str(config["model_name_or_path"]))
+        config["model_name_or_path"] = for_loading(str(config["model_name_or_path"]))
     template = config.get("template")
     if template is not None and template not in TEMPLATES:
         raise LfxError(
@@ -78,6 +83,10 @@ def prepare(config: dict[str, Any], config_path: str = "config") -> dict[str, An
 
     entries = load_entries()
     dataset_dir = config.get("dataset_dir")
+    wanted = [n for f in ("dataset", "eval_dataset") for n in dataset_names(config.get(f)) if n in entries]
+    if dataset_dir is None and config.get("output_dir") and any(_bom(entries[n]) for n in wanted):
+        # LLaMA-Factory's loader refuses a JSON file that starts with a UTF-8 BOM: train on a snapshot without it.
+        dataset_dir = config["dataset_dir"] = str(Path(config["output_dir"]) / ".lfx_data")
     if dataset_dir is None:
         config["dataset_dir"] = str(datasets_dir())
         present: set[str] = set()
@@ -97,22 +106,23 @@ def prepare(config: dict[str, Any], config_path: str = "config") -> dict[str, An
     return config
 
 
-SECRET_KEY = re.compile(r"(^|_)(token|secret|password)$")
-RUN_RECORD = "lfx_run.json"
+def _bom(entry) -> bool:
+    path = entry.path
+    files = [p for p in path.iterdir() if p.is_file()] if path is not None and path.is_dir() else [path] if path else []
+    return any(p.is_file() and has_bom(p) for p in files)
 
 
 def write_run_record(config: dict[str, Any], config_path: str | None = None) -> Path | None:
-    """Rank 0 writes what `lfx merge` and the model card need into output_dir: the run's arguments
-    (secrets dropped), its template's system prompt and stop words, and, for a rendered run folder,
-    the resolved recipe (LLaMA-Factory arguments plus the launch block) it was rendered from."""
+    """Rank 0 writes what `lfx merge`, `lfx eval` and the model card need into output_dir: the run's
+    arguments, its template's system prompt and stop words, and, for a rendered run folder, the resolved
+    recipe (LLaMA-Factory arguments plus the launch block) it was rendered from."""
     if int(os.environ.get("RANK", "0")) != 0 or not config.get("output_dir"):
         return None
     from llamafactory_ext import __version__
 
-    from .templates import get_template
+    from .persona.templates import get_template
 
-    record: dict[str, Any] = {"lfx_version": __version__}
-    record["args"] = {k: v for k, v in config.items() if not SECRET_KEY.search(k)}
+    record: dict[str, Any] = {"lfx_version": __version__, "args": dict(config)}
     record["world_size"] = int(os.environ.get("WORLD_SIZE", "1"))
     deepspeed = config.get("deepspeed")
     if isinstance(deepspeed, str) and Path(deepspeed).is_file():
@@ -126,11 +136,22 @@ def write_run_record(config: dict[str, Any], config_path: str | None = None) -> 
         }
     recipe = Path(config_path).parent / "recipe.yaml" if config_path else None
     if recipe is not None and recipe.is_file():
-        resolved = read_yaml(recipe)
-        record["recipe"] = {k: v for k, v in resolved.items() if not SECRET_KEY.search(k)}
-    path = Path(config["output_dir"]) / RUN_RECORD
-    atomic_write_text(path, dump_json(record))
-    return path
+        record["recipe"] = read_yaml(recipe)
+    return run_record.write(config["output_dir"], record)
+
+
+def portable_tokenizer(config: dict[str, Any]) -> None:
+    """Rank 0, after training: the output's tokenizer in the form every consumer loads. A finished training
+    never fails here: a problem is a warning with the command that redoes it."""
+    from .artifact.tokenizer_files import make_output_tokenizer_portable
+
+    try:
+        make_output_tokenizer_portable(config.get("output_dir"), config.get("model_name_or_path"), config.get("template"),
+                                       config.get("model_revision"), config.get("cache_dir"))  # fmt: skip
+    except Exception as err:  # noqa: BLE001 (training is done; the adapter is safe)
+        print(f"warning: training finished, but the tokenizer in {config.get('output_dir')} could not be made portable "
+              f"({type(err).__name__}: {' '.join(str(err).split())[:200]}); redo it with: lfx portable-tokenizer "
+              f"{config.get('output_dir')}", file=sys.stderr)  # fmt: skip
 
 
 def _finish() -> None:
@@ -158,10 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     from llamafactory.train.tuner import run_exp
 
     run_exp(config)
-    if int(os.environ.get("RANK", "0")) == 0:  # the saved tokenizer in the form every consumer loads
-        from .tokenizer_files import make_output_tokenizer_portable
-
-        make_output_tokenizer_portable(config.get("output_dir"), config.get("model_name_or_path"), config.get("template"))
+    if int(os.environ.get("RANK", "0")) == 0:
+        portable_tokenizer(config)
     _finish()
     return 0
 

@@ -124,7 +124,7 @@ def write_json(path: Path, data) -> None:
 @pytest.fixture(scope="session")
 def merged_ironman(ironman_run, tmp_path_factory) -> Path:
     """The ironman run's adapter merged into its tiny base with lfx merge."""
-    from llamafactory_ext.merge import merge
+    from llamafactory_ext.artifact.merge import merge
 
     return merge(ironman_run["adapter"], tmp_path_factory.mktemp("merged") / "ironman-merged", progress=False)
 
@@ -222,7 +222,7 @@ def real_tokenizer(tmp_path_factory):
 def real_tokenizer_run(real_tokenizer, tmp_path_factory):
     """family -> a LoRA SFT run through LLaMA-Factory (torchrun, one process, 2 steps) of the persona on a tiny model
     with the family's real tokenizer, and its merge: {"base", "adapter", "merged", "template"}."""
-    from llamafactory_ext.merge import merge
+    from llamafactory_ext.artifact.merge import merge
     from llamafactory_ext.tiny import build_tiny_model_on_tokenizer
 
     cache: dict[str, dict] = {}

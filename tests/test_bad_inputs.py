@@ -16,7 +16,6 @@ from test_templates import BAD_TEMPLATES
 # case -> (recipe changes (None deletes a key), expected part of the one error line)
 BAD_RECIPES = {
     "unknown_key": ({"learning_rte": 1e-4}, "unknown key 'learning_rte': not a LLaMA-Factory argument (did you mean 'learning_rate'?)"),
-    "string_where_number": ({"learning_rate": "1e-4"}, "field 'learning_rate': expected a number, got the string '1e-4'"),
     "string_where_integer": ({"per_device_train_batch_size": "four"}, "field 'per_device_train_batch_size': expected an integer"),
     "string_where_bool": ({"bf16": "yes"}, "field 'bf16': expected true or false"),
     "unknown_scheduler": ({"lr_scheduler_type": "cosin"}, "field 'lr_scheduler_type': 'cosin' is not one of the known values (did you mean 'cosine'?)"),
@@ -66,6 +65,8 @@ BAD_RECIPES = {
 
 BAD_RECIPE_FILES = {
     "malformed_yaml": ("dataset: [ironman\n", "invalid YAML"),
+    # unquoted, 1e-4 is a number to LLaMA-Factory's reader (OmegaConf) and here; quoted, it is text
+    "string_where_number": ('dataset: ironman\nlearning_rate: "1e-4"\n', "field 'learning_rate': expected a number, got the string '1e-4'"),
     "empty_file": ("", "file is empty"),
     "not_a_mapping": ("- dataset: ironman\n", "expected a mapping, got list"),
     # issue 12: strict YAML

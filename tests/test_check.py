@@ -13,7 +13,8 @@ from conftest import lfx, tiny_recipe_dict, write_json, write_recipe
 def test_batched_token_lengths_equal_llamafactory_encoding(fixture, template, dataset, request, tmp_path):
     from llamafactory.data.processor import SupervisedDatasetProcessor
 
-    from llamafactory_ext.check import _data_args, aligned_records, load_tokenizer_and_template, message_lengths, truncation
+    from llamafactory_ext.preflight.encoding import aligned_records, lf_data_args, load_tokenizer_and_template
+    from llamafactory_ext.preflight.lengths import message_lengths, truncation
     from llamafactory_ext.recipe import load_recipe
 
     model = request.getfixturevalue(fixture)
@@ -25,7 +26,7 @@ def test_batched_token_lengths_equal_llamafactory_encoding(fixture, template, da
         encoded = tmpl._encode(tokenizer, record["_prompt"] + record["_response"], record["_system"], None)
         assert lens == [len(ids) for ids in encoded]
     # ... and the truncation model agrees with LLaMA-Factory's own processor at cutoff_len 160.
-    processor = SupervisedDatasetProcessor(template=tmpl, tokenizer=tokenizer, processor=None, data_args=_data_args(recipe, dataset))
+    processor = SupervisedDatasetProcessor(template=tmpl, tokenizer=tokenizer, processor=None, data_args=lf_data_args(recipe, dataset))
     out = processor.preprocess_dataset({k: [r[k] for r in records] for k in records[0]})
     for lens, ids in zip(lengths, out["input_ids"]):
         prompt, response, cut = truncation(lens, 160, tmpl.efficient_eos)
@@ -201,7 +202,8 @@ def test_reasoning_template_lengths_equal_llamafactory_encode_multiturn(enable_t
     from llamafactory.data.template import TEMPLATES, get_template_and_fix_tokenizer
     from transformers import AutoTokenizer
 
-    from llamafactory_ext.check import _data_args, aligned_records, load_tokenizer_and_template, message_lengths
+    from llamafactory_ext.preflight.encoding import aligned_records, lf_data_args, load_tokenizer_and_template
+    from llamafactory_ext.preflight.lengths import message_lengths
     from llamafactory_ext.recipe import load_recipe
 
     recipe = load_recipe(write_recipe(tmp_path / "r.yaml", tiny_recipe_dict(tiny_qwen2, template="qwen3", enable_thinking=enable_thinking)))
@@ -214,7 +216,7 @@ def test_reasoning_template_lengths_equal_llamafactory_encode_multiturn(enable_t
     TEMPLATES["qwen3"] = copy.deepcopy(shared)
     try:
         theirs_tok = AutoTokenizer.from_pretrained(str(tiny_qwen2))
-        theirs = get_template_and_fix_tokenizer(theirs_tok, _data_args(recipe, "ironman"))
+        theirs = get_template_and_fix_tokenizer(theirs_tok, lf_data_args(recipe, "ironman"))
     finally:
         TEMPLATES["qwen3"] = shared
     for record, lens in zip(records, lengths):
@@ -225,7 +227,7 @@ def test_reasoning_template_lengths_equal_llamafactory_encode_multiturn(enable_t
 def test_tool_format_and_default_system_are_applied_as_training_applies_them(tiny_qwen2, tmp_path):
     from llamafactory.data.template import TEMPLATES
 
-    from llamafactory_ext.check import load_tokenizer_and_template
+    from llamafactory_ext.preflight.encoding import load_tokenizer_and_template
     from llamafactory_ext.recipe import load_recipe
 
     recipe = load_recipe(write_recipe(tmp_path / "r.yaml", tiny_recipe_dict(tiny_qwen2, template="qwen-persona", tool_format="glm4",

@@ -8,7 +8,7 @@ import json
 import pytest
 from conftest import REPO, lfx, snapshot, write_json
 
-from llamafactory_ext.datasets import COLUMN_KEYS, ENTRY_KEYS, TAG_KEYS, load_entries
+from llamafactory_ext.persona.dataset_entries import COLUMN_KEYS, ENTRY_KEYS, TAG_KEYS, load_entries
 
 
 def test_bundled_datasets_are_valid_and_large_enough():
@@ -126,7 +126,7 @@ BAD_DATASETS = {
     ),
     "unknown_column_key": (
         lambda d: _edit_info(d, lambda i: i["ironman"]["columns"].update(answer="output")),
-        "field 'columns': unknown key 'answer'",
+        "unknown key 'columns.answer'",
     ),
     "unknown_formatting": (
         lambda d: _edit_info(d, lambda i: i["ironman"].update(formatting="alpacca")),

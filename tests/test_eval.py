@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from conftest import REPO, lfx, run_launcher, snapshot, train_config, write_json
 
-from llamafactory_ext.evaluate import SYSTEMS
+from llamafactory_ext.evaluation.report import SYSTEMS
 
 
 @pytest.fixture(scope="module")
 def split_run(tiny_llama3, tmp_path_factory):
     """A tiny LoRA run (one process) with 20% of ironman held out by LLaMA-Factory, merged."""
-    from llamafactory_ext.merge import merge
+    from llamafactory_ext.artifact.merge import merge
 
     out = tmp_path_factory.mktemp("split_run")
     config = train_config(tiny_llama3, out, val_size=0.2, max_steps=2, save_steps=2)

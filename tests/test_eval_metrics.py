@@ -8,7 +8,7 @@ import sys
 import pytest
 from sacrebleu.metrics import CHRF
 
-from llamafactory_ext.eval_metrics import (
+from llamafactory_ext.evaluation.metrics import (
     Answer,
     chrf,
     has_loop,
@@ -106,6 +106,6 @@ def test_summarize_overall_per_dataset_and_per_task():
 
 
 def test_metrics_module_imports_no_torch():
-    code = "import sys, llamafactory_ext.eval_metrics as m; m.chrf(['a b'], ['a b']); print('torch' in sys.modules)"
+    code = "import sys, llamafactory_ext.evaluation.metrics as m; m.chrf(['a b'], ['a b']); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

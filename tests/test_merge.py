@@ -67,7 +67,7 @@ def test_merge_of_a_zero3_run_equals_peft_and_keeps_the_persona(ironman_run, tin
     from llamafactory.data.template import TEMPLATES  # noqa: F401 (registers LLaMA-Factory's templates)
     from transformers import AutoTokenizer
 
-    from llamafactory_ext.templates import get_template
+    from llamafactory_ext.persona.templates import get_template
 
     # A base like Llama-3 (not Instruct) whose generation config stops at <|end_of_text|> only.
     base = tmp_path / "base"
@@ -234,7 +234,7 @@ def test_merge_checks_free_disk_before_starting(adapter, tmp_path, monkeypatch):
 
 
 def test_interrupted_merge_leaves_no_half_model(tiny_llama3, tmp_path, monkeypatch):
-    from llamafactory_ext import merge as merge_module
+    from llamafactory_ext.artifact import merge as merge_module
 
     base = _resave(tiny_llama3, tmp_path / "sharded", torch.float32, "100KB")
     adapter = _make_adapter(base, tmp_path / "adapter", r=4, target_modules="all-linear")
@@ -336,7 +336,7 @@ def test_merge_refuses_a_truncated_or_corrupted_base_shard(damage, tiny_llama3, 
 
 def test_an_interrupt_while_writing_surfaces_as_itself(tiny_llama3, tmp_path, monkeypatch):
     """Ctrl-C inside a shard: the KeyboardInterrupt, not the writer's 'tensors were not written'."""
-    from llamafactory_ext import merge as merge_module
+    from llamafactory_ext.artifact import merge as merge_module
 
     base = _sharded_base(tiny_llama3, tmp_path)
     adapter = _make_adapter(base, tmp_path / "adapter", r=4, target_modules="all-linear")

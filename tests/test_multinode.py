@@ -127,7 +127,7 @@ def test_nodes_that_would_resume_from_different_steps_refuse_each_other(two_node
 
 
 def test_lobby_refuses_two_nodes_with_one_rank():
-    from llamafactory_ext.lobby import LobbyError, host, join
+    from llamafactory_ext.run.lobby import LobbyError, host, join
 
     port = _free_port()
     errors: list[str] = []

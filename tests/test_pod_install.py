@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, lfx, tiny_recipe_dict, write_recipe
 
-from llamafactory_ext.pod_install import TORCH_INDEX, InstallError, Torch, plan
+from llamafactory_ext.run.pod_install import TORCH_INDEX, InstallError, Torch, plan
 
 POD_REPO = "/workspace/llamafactory-ext"
 PINNED = ["install", "--constraint", "TORCH_CONSTRAINT", "-e", POD_REPO]

@@ -192,7 +192,7 @@ def _checkpoint(folder: Path, step: int) -> Path:
     ],
 )
 def test_resume_point_skips_an_incomplete_newest_checkpoint(damage, reason, tmp_path):
-    from llamafactory_ext.checkpoints import main, resume_point
+    from llamafactory_ext.run.checkpoints import main, resume_point
 
     _checkpoint(tmp_path, 2)
     damage(_checkpoint(tmp_path, 4))
@@ -206,7 +206,7 @@ def test_resume_point_skips_an_incomplete_newest_checkpoint(damage, reason, tmp_
 
 
 def test_resume_point_of_whole_checkpoints_is_the_newest(tmp_path):
-    from llamafactory_ext.checkpoints import resume_point
+    from llamafactory_ext.run.checkpoints import resume_point
 
     for step in (2, 10, 4):
         _checkpoint(tmp_path, step)

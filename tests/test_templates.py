@@ -10,7 +10,8 @@ from conftest import lfx, snapshot
 from transformers import AutoTokenizer
 
 import llamafactory_ext
-from llamafactory_ext.templates import OVERRIDE_TYPES, get_template, load_specs
+from llamafactory_ext.persona.schema import TemplateOverrides
+from llamafactory_ext.persona.templates import get_template, load_specs
 
 IRONMAN_SYSTEM = (
     "당신은 아이언맨 토니 스타크 입니다. 토니 스타크의 말투로 답변해야 합니다. 토니 스타크의 말투를 반영하려면 "
@@ -57,7 +58,7 @@ def test_override_keys_are_fields_of_llamafactory_template():
     from llamafactory.data.template import Template
 
     fields = {f.name for f in dataclasses.fields(Template)}
-    assert set(OVERRIDE_TYPES) <= fields
+    assert set(TemplateOverrides.model_fields) <= fields
 
 
 @pytest.mark.parametrize(
@@ -123,10 +124,10 @@ def test_adding_a_persona_is_adding_a_file(templates_copy):
 
 BAD_TEMPLATES = [
     ("typo_key", "name: bad\nbase: llama3\ndefault_sytem: hi\n", "unknown key 'default_sytem'"),
-    ("missing_base", "name: bad\ndefault_system: hi\n", "missing required key 'base'"),
+    ("missing_base", "name: bad\ndefault_system: hi\n", "missing 'base'"),
     ("bad_yaml", "name: bad\nbase: [llama3\n", "invalid YAML"),
-    ("wrong_type", "name: bad\nbase: llama3\noverrides:\n  replace_eos: 'yes'\n", "expected bool"),
-    ("unknown_override", "name: bad\nbase: llama3\noverrides:\n  stop_word: ['x']\n", "unknown override"),
+    ("wrong_type", "name: bad\nbase: llama3\noverrides:\n  replace_eos: 'yes'\n", "field 'overrides.replace_eos': expected true or false"),
+    ("unknown_override", "name: bad\nbase: llama3\noverrides:\n  stop_word: ['x']\n", "unknown key 'overrides.stop_word' (did you mean 'stop_words'?)"),
     ("name_mismatch", "name: other\nbase: llama3\n", "must match the file name"),
     ("empty", "", "file is empty"),
 ]

@@ -60,7 +60,7 @@ def _training_samples(ironman_run):
 def test_prompt_is_masked_and_carries_the_persona(ironman_run):
     from transformers import AutoTokenizer
 
-    from llamafactory_ext.templates import load_specs
+    from llamafactory_ext.persona.templates import load_specs
 
     tokenizer = AutoTokenizer.from_pretrained(ironman_run["adapter"])
     persona = load_specs()["llama3-persona"].default_system
@@ -160,7 +160,7 @@ def test_user_dataset_dir_gets_our_entries_merged(tiny_llama3, tmp_path):
 
 def test_a_dataset_dir_that_defines_the_dataset_is_used_as_it_is(tiny_llama3, tmp_path):
     """A run folder's data snapshot wins over the live datasets/: no comparison, no refusal."""
-    from llamafactory_ext.datasets import register_datasets
+    from llamafactory_ext.persona.dataset_entries import register_datasets
     from llamafactory_ext.train import load_config, prepare
 
     data_dir = tmp_path / "data"

@@ -3,7 +3,7 @@
     python tests/benchmarks/bench_eval.py [--prompts 16] [--batch-size 16] [--max-new-tokens 48] [--json out.json]
 
 Same model, same prompts (ironman_en instructions, through the persona-prompted chat template), same
-run: greedy answers with `generate_answers(batch_size=1)` and `generate_answers(batch_size=N)` (left
+run: greedy answers with `generate(batch_size=1)` and `generate(batch_size=N)` (left
 padding). Reports prompts per second of each, the ratio (goal: at least 3x), and how many answers
 are identical. The model is fetched and converted once into runs/models/ (`lfx fetch-model smollm2`).
 """
@@ -19,9 +19,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from llamafactory_ext.evaluate import generate_answers, load_model  # noqa: E402
+from llamafactory_ext.inference.generation import generate, load_model, load_tokenizer  # noqa: E402
 from llamafactory_ext.fetch import fetch_model  # noqa: E402
-from llamafactory_ext.templates import get_template  # noqa: E402
+from llamafactory_ext.persona.templates import get_template  # noqa: E402
 
 MODEL_DIR = REPO / "runs" / "models" / "smollm2-135m-instruct"
 
@@ -36,15 +36,15 @@ def main() -> None:
     import torch
 
     model_dir, _ = fetch_model("smollm2", MODEL_DIR)
-    model, tokenizer = load_model(model_dir)
+    model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
     system = get_template("smollm2-persona").default_system
     records = json.loads((REPO / "datasets" / "ironman_en.json").read_text(encoding="utf-8"))[: args.prompts]
     convs = [[{"role": "system", "content": system}, {"role": "user", "content": r["instruction"]}] for r in records]
-    generate_answers(model, tokenizer, convs[:2], 4, batch_size=2)  # warm-up
+    generate(model, tokenizer, convs[:2], 4, batch_size=2)  # warm-up
     timings, answers = {}, {}
     for name, batch in (("one at a time", 1), (f"batched ({args.batch_size})", args.batch_size)):
         start = time.perf_counter()
-        answers[name] = generate_answers(model, tokenizer, convs, args.max_new_tokens, batch_size=batch)
+        answers[name] = generate(model, tokenizer, convs, args.max_new_tokens, batch_size=batch)
         timings[name] = time.perf_counter() - start
     single, batched = timings.values()
     same = sum(a == b for a, b in zip(*answers.values()))

@@ -35,7 +35,7 @@ def build(size: str, work: Path) -> tuple[Path, Path, int]:
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from llamafactory_ext.shards import ShardWriter
+    from llamafactory_ext.artifact.shards import ShardWriter
     from llamafactory_ext.tiny import build_tokenizer
 
     base, adapter = work / f"base-{size}", work / f"adapter-{size}"

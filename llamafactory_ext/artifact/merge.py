@@ -1,0 +1,272 @@
+"""Merge a LoRA adapter into its base model shard by shard: peak memory is one shard plus the adapter.
+
+For each base safetensors shard: read it, add `scale * B @ A` (fp32, stored back in the base's dtype)
+to the weights the adapter targets, write it, move on; shards the adapter does not touch are copied.
+Everything goes to a temporary folder next to OUT that is renamed at the end, so an interrupted merge
+never leaves a half model at OUT. The merged tokenizer carries the run's persona chat template and
+`generation_config.json` lists the template's stop word among its eos ids; the run's record, plots and
+evaluation come along (the run being merged, never the base's when the base is itself a merged model).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..errors import LfxError
+from ..files import atomic_write_text, dump_json, read_json, readable, refuse_overwrite
+from ..models import resolve
+from ..run import record as run_record
+from .adapter import ADAPTER_CONFIG, Adapter, LoraPair, check_not_stacked, load_adapter
+from .shards import DTYPE_BYTES, Header, ShardWriter, open_shard, read_header, torch_dtype
+from .tokenizer_files import write_persona_tokenizer, write_stop_ids
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+# Base files that are weights (replaced by ours), that describe the base and not the merge, or that belong
+# to the run the base came from (a merged base carries its own run's record, plots and evaluation).
+SKIP_BASE = re.compile(r".*\.(safetensors|bin|pt|pth|h5|msgpack|onnx|gguf)$|^(README\.md|\.gitattributes|"
+                       + "|".join(re.escape(n) for n in (INDEX, run_record.MERGE_RECORD, *run_record.RUN_FILES)) + r")$")  # fmt: skip
+
+
+def resolve_base(name: str, record: dict[str, Any] | None = None, where: str = "base model") -> Path:
+    """The base model folder: a local folder, or the Hub id with the run's model_revision and cache_dir."""
+    args = (record or {}).get("args") or {}
+    return resolve(name, where, revision=args.get("model_revision"), cache_dir=args.get("cache_dir"),
+                   hint=" (pass --base PATH)")  # fmt: skip
+
+
+def base_weight_map(base: Path) -> dict[str, str]:
+    """Weight name -> shard file name, from the index or the single model.safetensors."""
+    if (base / INDEX).is_file():
+        index = read_json(base / INDEX)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise LfxError(f"{base / INDEX}: field 'weight_map': missing or empty")
+        for shard in sorted(set(weight_map.values())):
+            if not (base / shard).is_file():
+                raise LfxError(f"{base / shard}: missing shard listed in {INDEX}")
+        return weight_map
+    if (base / SINGLE).is_file():
+        return {entry.name: SINGLE for entry in read_header(base / SINGLE).entries}
+    if any(base.glob("*.bin")):
+        raise LfxError(f"{base}: only PyTorch .bin weights; save the base with safe_serialization=True first")
+    raise LfxError(f"{base}: no model.safetensors or {INDEX}")
+
+
+def _base_shapes(base: Path, weight_map: dict[str, str], keys: set[str]) -> dict[str, tuple[int, ...]]:
+    headers = {shard: read_header(base / shard) for shard in {weight_map[k] for k in keys}}
+    return {key: headers[weight_map[key]].shape(key) for key in keys}
+
+
+def _name(path_or_id: str) -> str:
+    """The model's own name in a local path, a Hub id or a Hub cache snapshot path."""
+    parts = Path(path_or_id.rstrip("/")).parts
+    for part in parts:
+        if part.startswith("models--"):
+            return part.split("--")[-1].lower()
+    return parts[-1].lower() if parts else ""
+
+
+def check_match(adapter: Adapter, base: Path, base_arg: str | None, weight_map: dict[str, str]) -> None:
+    """The adapter must have been trained on this base: same name, every target present with its shape."""
+    recorded = adapter.base_name
+    if base_arg and recorded and _name(base_arg) != _name(recorded) and Path(recorded).resolve() != base.resolve():
+        raise LfxError(f"{adapter.path / ADAPTER_CONFIG}: field 'base_model_name_or_path': adapter was trained on "
+                       f"'{recorded}', not '{base_arg}' (pass --ignore-base-name if it is the same model)")  # fmt: skip
+    wanted = set(adapter.pairs) | set(adapter.full)
+    missing = sorted(wanted - set(weight_map))
+    if missing:
+        raise LfxError(f"{adapter.path}: adapter does not match base {base}: weight '{missing[0]}' is not in the base "
+                       f"({len(missing)} missing)")  # fmt: skip
+    shapes = _base_shapes(base, weight_map, wanted)
+    for key, pair in adapter.pairs.items():
+        shape = tuple(adapter.full[key].shape) if key in adapter.full else shapes[key]
+        if shape != pair.delta_shape:
+            raise LfxError(f"{adapter.path}: adapter does not match base {base}: '{key}' is {list(shape)} in the "
+                           f"base, the adapter's update is {list(pair.delta_shape)}")  # fmt: skip
+    for key, tensor in adapter.full.items():
+        resizable = key.endswith(("embed_tokens.weight", "lm_head.weight"))
+        if tuple(tensor.shape) != shapes[key] and not (resizable and tuple(tensor.shape[1:]) == shapes[key][1:]):
+            raise LfxError(f"{adapter.path}: adapter does not match base {base}: '{key}' is {list(shapes[key])} in the "
+                           f"base, {list(tensor.shape)} in the adapter")  # fmt: skip
+
+
+def _merge_tensor(weight, pair: LoraPair):
+    import torch
+
+    merged = weight.to(torch.float32)
+    delta = pair.b.to(torch.float32) @ pair.a.to(torch.float32)
+    merged.add_(delta.T if pair.embedding else delta, alpha=pair.scale)
+    return merged.to(weight.dtype)
+
+
+def _layout(header: Header, adapter: Adapter) -> list[tuple[str, str, tuple[int, ...]]]:
+    """Names, dtypes and shapes of the merged shard: the base's, with modules_to_save shapes."""
+    return [(e.name, e.dtype, tuple(adapter.full[e.name].shape) if e.name in adapter.full else e.shape)
+            for e in header.entries]  # fmt: skip
+
+
+def _write_shard(src: Path, dst: Path, adapter: Adapter) -> int:
+    """Stream one shard into `dst`, a tensor at a time, merging the adapter's updates; returns its bytes."""
+    header = read_header(src)
+    writer = ShardWriter(dst, _layout(header, adapter), {**header.metadata, "format": "pt"})
+    try:
+        with open_shard(src) as f:
+            for entry in header.entries:
+                if entry.name in adapter.full:
+                    tensor = adapter.full[entry.name].to(torch_dtype(entry.dtype))
+                else:
+                    tensor = f.get_tensor(entry.name)
+                if entry.name in adapter.pairs:
+                    tensor = _merge_tensor(tensor, adapter.pairs[entry.name])
+                writer.write(entry.name, tensor)
+                del tensor
+    except BaseException:
+        writer.abort()  # the error that stopped the writing surfaces, not a complaint about missing tensors
+        raise
+    writer.close()
+    return writer.total
+
+
+def _shard_bytes(base: Path, shard: str, adapter: Adapter) -> int:
+    return sum(math.prod(shape) * DTYPE_BYTES[dtype] for _, dtype, shape in _layout(read_header(base / shard), adapter))
+
+
+def plan_bytes(base: Path, weight_map: dict[str, str], adapter: Adapter) -> int:
+    """Bytes the merged folder needs: the base's weights (resized by modules_to_save) and small files."""
+    total = sum(_shard_bytes(base, shard, adapter) for shard in sorted(set(weight_map.values())))
+    total += sum(p.stat().st_size for p in base.iterdir() if p.is_file() and not SKIP_BASE.match(p.name))
+    return total
+
+
+def merge(adapter_dir: str | Path, out_dir: str | Path, base_arg: str | None = None, *, force: bool = False,
+          template: str | None = None, ignore_base_name: bool = False, progress: bool = True) -> Path:  # fmt: skip
+    """Merge the LoRA adapter in `adapter_dir` into its base model and write the result to `out_dir`."""
+    from tqdm.auto import tqdm
+
+    adapter_path = Path(adapter_dir)
+    out = Path(out_dir)
+    clean_leftovers(out)
+    if out.exists() and not force:
+        raise LfxError(f"{out}: already exists (pass --force to replace it)")
+    if out.exists() and not out.is_dir():
+        raise LfxError(f"{out}: exists and is not a folder")
+    adapter = load_adapter(adapter_path)
+    record, record_path = run_record.load(adapter_path, required=False)
+    check_not_stacked(adapter_path, record)
+    template = template or (record.get("template") or {}).get("name")
+    if template:
+        from ..persona.templates import get_template
+
+        get_template(template)  # an unknown name stops here, before any shard is written
+    base_name = base_arg or adapter.base_name
+    if not base_name:
+        raise LfxError(f"{adapter_path / ADAPTER_CONFIG}: field 'base_model_name_or_path': empty (pass --base)")
+    base = resolve_base(base_name, record, f"{adapter_path / ADAPTER_CONFIG}: field 'base_model_name_or_path'")
+    refuse_overwrite(out, [base, adapter_path], "merged model")
+    weight_map = base_weight_map(base)
+    check_match(adapter, base, None if ignore_base_name else base_arg, weight_map)
+
+    parent = out.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    need = plan_bytes(base, weight_map, adapter)
+    free = shutil.disk_usage(parent).free
+    if free < need * 1.05:
+        raise LfxError(f"{parent}: {free / 1e9:.1f} GB free, the merged model needs {need / 1e9:.1f} GB")
+
+    tmp = parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        for item in sorted(base.iterdir()):
+            if item.is_file() and not SKIP_BASE.match(item.name):
+                shutil.copyfile(item, tmp / item.name)
+        touched = {weight_map[k] for k in (*adapter.pairs, *adapter.full)}
+        shards = sorted(set(weight_map.values()))
+        total = 0
+        for shard in tqdm(shards, desc="merging shards", unit="shard", disable=not progress):
+            if shard in touched:
+                total += _write_shard(base / shard, tmp / shard, adapter)
+            else:
+                shutil.copyfile(base / shard, tmp / shard)
+                total += _shard_bytes(base, shard, adapter)
+        if (base / INDEX).is_file():
+            index = read_json(base / INDEX)
+            index["metadata"] = {**(index.get("metadata") or {}), "total_size": total}
+            atomic_write_text(tmp / INDEX, json.dumps(index, indent=2, sort_keys=True) + "\n")
+        _resize_vocab(tmp, adapter)
+        # Tokenizer files and stop metadata any consumer reads (transformers 4 and 5, vLLM, llama.cpp, TGI).
+        write_stop_ids(tmp, write_persona_tokenizer(tmp, base, template))
+        run_folder = record_path.parent if record_path else adapter_path
+        for folder in dict.fromkeys((adapter_path, run_folder)):  # this run's files, never the base's
+            for name in run_record.RUN_FILES:
+                if (folder / name).is_file() and not (tmp / name).exists():
+                    shutil.copyfile(folder / name, tmp / name)
+        atomic_write_text(tmp / run_record.MERGE_RECORD, dump_json({
+            "adapter": str(adapter_path.resolve()),
+            "base_model": base_name,
+            "template": template,
+            "adapter_config": {k: adapter.config.get(k) for k in ("r", "lora_alpha", "use_rslora", "target_modules")},
+        }))  # fmt: skip
+        for item in tmp.iterdir():
+            readable(item)
+        if out.exists():
+            old = parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):  # disk full, quota, file size limit
+            raise LfxError(f"{out}: writing the merged model failed: {err.strerror} ({err.filename or tmp}); "
+                           "nothing was written") from None  # fmt: skip
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def clean_leftovers(out: Path) -> None:
+    """Remove what a killed merge into `out` left (its temporary folder), and put back a previous OUT
+    that a merge killed between its two renames had moved aside."""
+    parent = out.resolve().parent
+    for kind in ("partial", "old"):
+        for path in parent.glob(f".{out.name}.{kind}-*"):
+            pid = path.name.rsplit("-", 1)[-1]
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
+            if kind == "old" and not out.exists():
+                os.replace(path, out)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _resize_vocab(tmp: Path, adapter: Adapter) -> None:
+    """modules_to_save may carry a resized embedding: the config must say so."""
+    for key, tensor in adapter.full.items():
+        if key.endswith("embed_tokens.weight") and (tmp / "config.json").is_file():
+            config = read_json(tmp / "config.json")
+            if config.get("vocab_size") != tensor.shape[0]:
+                config["vocab_size"] = int(tensor.shape[0])
+                atomic_write_text(tmp / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+

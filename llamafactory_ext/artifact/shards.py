@@ -1,0 +1,136 @@
+"""Safetensors shards: read with safetensors' own `safe_open` (it validates the header against the file),
+written one tensor at a time by a streaming writer (none exists upstream).
+
+`safetensors.torch.save_file` needs every tensor of a shard in memory at once and serializes them
+into one more buffer; a merge that streams (read a tensor, update it, write it, forget it) keeps its
+peak at about the largest tensor. The format is the documented one: an 8-byte little-endian header
+length, a JSON header (dtype, shape, data_offsets per tensor, optional __metadata__), then the data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import LfxError
+
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+               "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * DTYPE_BYTES[self.dtype]
+
+
+@dataclass(frozen=True)
+class Header:
+    path: Path
+    entries: list[Entry]
+    metadata: dict[str, str]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return next(e.shape for e in self.entries if e.name == name)
+
+
+def problem(path: str | Path) -> str | None:
+    """Why `path` is not a whole safetensors file (cut short, longer than its header, not one), or None."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt"):
+            return None
+    except SafetensorError as err:
+        return " ".join(str(err).split())
+    except OSError as err:
+        return err.strerror or str(err)
+
+
+@contextmanager
+def open_shard(path: str | Path) -> Iterator[Any]:
+    """safe_open on a shard, its problems as one line naming the file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        handle = safe_open(str(path), framework="pt")
+    except SafetensorError as err:
+        raise LfxError(f"{path}: not a whole safetensors file ({' '.join(str(err).split())}; an interrupted download "
+                       "or copy? fetch it again)") from None  # fmt: skip
+    with handle as f:
+        yield f
+
+
+def read_header(path: str | Path) -> Header:
+    """Names, dtypes and shapes of a shard's tensors, and its metadata (validated by safetensors)."""
+    with open_shard(path) as f:
+        entries = []
+        for name in f.keys():
+            piece = f.get_slice(name)
+            dtype = piece.get_dtype()
+            if dtype not in DTYPE_BYTES:
+                raise LfxError(f"{path}: tensor '{name}': dtype {dtype} is not one lfx merge writes")
+            entries.append(Entry(name, dtype, tuple(piece.get_shape())))
+        return Header(Path(path), entries, dict(f.metadata() or {}))
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+            "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}[name]  # fmt: skip
+
+
+class ShardWriter:
+    """Writes a safetensors file whose tensors (names, dtypes, shapes) are known up front."""
+
+    def __init__(self, path: str | Path, layout: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str]):
+        header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+        offset = 0
+        self.expected: list[tuple[str, int]] = []
+        for name, dtype, shape in layout:
+            size = math.prod(shape) * DTYPE_BYTES[dtype]
+            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+            self.expected.append((name, size))
+            offset += size
+        self.total = offset
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)  # data aligned to 8 bytes, as safetensors itself writes
+        self.file = open(path, "wb")
+        self.file.write(struct.pack("<Q", len(blob)) + blob)
+        self.index = 0
+
+    def write(self, name: str, tensor) -> None:
+        import torch
+
+        expected_name, size = self.expected[self.index]
+        data = tensor.contiguous().view(-1).view(torch.uint8).numpy()  # a view: written without a copy
+        if name != expected_name or data.nbytes != size:
+            raise RuntimeError(f"shard writer: got {name} ({data.nbytes} bytes), expected {expected_name} ({size} bytes)")
+        self.file.write(data)
+        self.index += 1
+
+    def close(self) -> None:
+        """Finish the file; it must hold every tensor of the layout."""
+        self.file.close()
+        if self.index != len(self.expected):
+            raise RuntimeError(f"shard writer: {len(self.expected) - self.index} tensors were not written")
+
+    def abort(self) -> None:
+        """Close after an error, raising nothing: the error that stopped the writing is the one to see."""
+        try:
+            self.file.close()
+        except OSError:
+            pass
+

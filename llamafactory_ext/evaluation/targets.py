@@ -1,0 +1,101 @@
+"""What `lfx eval` evaluates: the tuned model (a merged folder, a run's output, a full fine-tune, a run folder),
+its run record, the base it came from (checked to be that base), and the persona's system prompt."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import LfxError
+from ..files import read_json
+from ..inference.generation import ADAPTER_CONFIG, adapter_base
+from ..models import resolve
+from ..run import record as run_record
+from ..run.identity import output_root, read_run_file
+
+# Architecture fields a --base must share with the tuned model.
+SHAPE_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "vocab_size")  # fmt: skip
+
+
+@dataclass
+class Target:
+    """The tuned model, its run record and the base it came from."""
+
+    path: Path
+    kind: str  # "merged" (a merged or fully fine-tuned model) or "adapter"
+    record: dict[str, Any]
+    record_path: Path
+    base: Path
+    system: str
+
+
+def find_model(path: str | Path) -> tuple[Path, str]:
+    """A model folder or a LoRA adapter; a rendered run folder means its outputs' merged/ (else output/)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise LfxError(f"{path}: folder not found")
+    roots = [path]
+    if read_run_file(path) is not None:  # a run folder: its outputs may live on the pod's volume
+        roots = list(dict.fromkeys([output_root(path), path]))
+    for root in roots:
+        for candidate in (root, root / "merged", root / "output"):
+            if (candidate / ADAPTER_CONFIG).is_file():
+                return candidate, "adapter"
+            if (candidate / "config.json").is_file():
+                return candidate, "merged"
+    raise LfxError(f"{path}: neither a model folder (config.json), a LoRA adapter (adapter_config.json) nor a run "
+                   "folder with outputs")  # fmt: skip
+
+
+def _config(folder: Path) -> dict[str, Any]:
+    data = read_json(folder / "config.json")
+    return data.get("text_config", data) if isinstance(data, dict) else {}
+
+
+def check_base(model: Path, kind: str, base: Path, recorded_base: str) -> None:
+    """The base must be the model the tuned one came from: the adapter's weights fit it and it has
+    the architecture of the base the adapter recorded (when that is here), or the tuned model's."""
+    if not (base / "config.json").is_file():
+        raise LfxError(f"--base: {base}: no config.json (not a model folder)")
+    if kind == "adapter":
+        from ..artifact.adapter import load_adapter
+        from ..artifact.merge import base_weight_map, check_match
+
+        check_match(load_adapter(model), base, None, base_weight_map(base))
+        recorded = Path(recorded_base)
+        if not (recorded / "config.json").is_file():
+            return  # a Hub id not cached here: the weight shapes above are what can be checked
+        reference, what = _config(recorded), f"the adapter's base {recorded}"
+    else:
+        reference, what = _config(model), "the tuned model"
+    shipped = _config(base)
+    for key in SHAPE_FIELDS:
+        if reference.get(key) != shipped.get(key):
+            raise LfxError(f"--base: {base}: does not match {model}: field '{key}' is {shipped.get(key)!r} in the base, "
+                           f"{reference.get(key)!r} in {what}")  # fmt: skip
+
+
+def resolve_target(path: str | Path, base_arg: str | None) -> Target:
+    model, kind = find_model(path)
+    record, record_path = run_record.load(model)
+    args = record["args"]
+    if kind == "adapter":
+        recorded = str(read_json(model / ADAPTER_CONFIG).get("base_model_name_or_path") or "")
+    else:
+        recorded = str(run_record.read_merge(model).get("base_model") or args.get("model_name_or_path") or "")
+    if not (base_arg or recorded):
+        raise LfxError(f"{record_path}: field 'args.model_name_or_path': missing (pass --base)")
+    if kind == "adapter":
+        base = adapter_base(model, base_arg, record)
+    else:
+        base = resolve(base_arg or recorded, "--base" if base_arg else f"{record_path}: field 'args.model_name_or_path'",
+                       revision=args.get("model_revision"), cache_dir=args.get("cache_dir"), hint=" (pass --base PATH)")  # fmt: skip
+    if base.resolve() == model.resolve():
+        raise LfxError(f"{model}: is its own base (pass --base with the model it was trained from)")
+    check_base(model, kind, base, recorded)
+    system = str((record.get("template") or {}).get("default_system") or "")
+    if not system:
+        raise LfxError(f"{record_path}: field 'template.default_system': the run's template has no persona system prompt")
+    return Target(model, kind, record, record_path, base, system)

@@ -1,0 +1,115 @@
+"""The one way a model is loaded and asked here (chat, compare, eval): a merged folder, an adapter over its
+base, or a Hub id; greedy or sampled answers, batched with left padding, stopping on every stop id the model
+declares (generation_config's eos ids, then the tokenizer's eos)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import LfxError
+from ..files import read_json
+from ..models import resolve
+from .prompts import Answer
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def kind(folder: Path) -> str | None:
+    """'adapter', 'model' or None for a folder."""
+    if (folder / ADAPTER_CONFIG).is_file():
+        return "adapter"
+    if (folder / "config.json").is_file():
+        return "model"
+    return None
+
+
+def adapter_base(adapter: Path, base: str | None = None, record: dict[str, Any] | None = None) -> Path:
+    """An adapter's base folder: `base` when given, else the one adapter_config.json names (resolved with the
+    run's revision and cache)."""
+    name = base or str(read_json(adapter / ADAPTER_CONFIG).get("base_model_name_or_path") or "")
+    args = (record or {}).get("args") or {}
+    where = f"{adapter / ADAPTER_CONFIG}: field 'base_model_name_or_path'" if not base else "--base"
+    if not name:
+        raise LfxError(f"{where}: empty (pass --base)")
+    return resolve(name, where, revision=args.get("model_revision"), cache_dir=args.get("cache_dir"), hint=" (pass --base PATH)")
+
+
+def load_tokenizer(folder: Path):
+    """The tokenizer with its chat template, padding on the left for batches."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    if not tokenizer.chat_template:
+        raise LfxError(f"{folder}: the tokenizer has no chat template (merge with lfx merge to bake the persona's in)")
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_model(folder: Path):
+    """A causal LM for generation: bf16 on a GPU, fp32 on CPU."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cuda = torch.cuda.is_available()
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.bfloat16 if cuda else torch.float32)
+    return model.to("cuda" if cuda else "cpu").eval()
+
+
+def with_adapter(model, adapter: Path):
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(adapter)).eval()
+
+
+def load(path: str | Path, base: str | None = None):
+    """(model, tokenizer) from a merged model folder, an adapter folder (over its base) or a Hub id."""
+    folder = resolve(str(path), str(path), files=("*.json", "*.safetensors", "*.jinja", "*.model", "*.txt"))
+    what = kind(folder)
+    if what == "adapter":
+        base_dir = adapter_base(folder, base)
+        tokenizer = load_tokenizer(folder if (folder / "tokenizer_config.json").is_file() else base_dir)
+        return with_adapter(load_model(base_dir), folder), tokenizer
+    if what == "model":
+        return load_model(folder), load_tokenizer(folder)
+    raise LfxError(f"{folder}: neither a model folder (config.json) nor a LoRA adapter (adapter_config.json)")
+
+
+def stop_ids(model, tokenizer) -> list[int]:
+    eos = model.generation_config.eos_token_id
+    ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def prompt_text(tokenizer, messages: list[dict[str, str]]) -> str:
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def generate(model, tokenizer, conversations: list[list[dict[str, str]]], max_new_tokens: int, batch_size: int = 16,
+             temperature: float = 0.0) -> list[Answer]:  # fmt: skip
+    """Answers, `batch_size` conversations at a time (left padding; similar lengths batched together),
+    greedy unless `temperature` > 0; each with whether it ended on a stop token."""
+    import torch
+
+    eos = stop_ids(model, tokenizer)
+    if tokenizer.pad_token_id is None:  # base tokenizers often have none; left padding is masked anyway
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(eos[0])
+    sampling: dict[str, Any] = ({"do_sample": True, "temperature": temperature} if temperature > 0 else
+                                {"do_sample": False, "temperature": None, "top_p": None, "top_k": None})  # fmt: skip
+    texts = [prompt_text(tokenizer, c) for c in conversations]
+    order = sorted(range(len(texts)), key=lambda i: len(tokenizer(texts[i], add_special_tokens=False)["input_ids"]))
+    results: list[Answer] = [Answer("", False)] * len(texts)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        enc = tokenizer([texts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = {k: v.to(model.device) for k, v in enc.items()}
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
+                                 **sampling)  # fmt: skip
+        for row, i in zip(out[:, enc["input_ids"].shape[1] :].tolist(), chunk):
+            end = next((j for j, t in enumerate(row) if t in eos), None)
+            text = tokenizer.decode(row if end is None else row[:end], skip_special_tokens=True).strip()
+            results[i] = Answer(text, end is not None)
+    return results

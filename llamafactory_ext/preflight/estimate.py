@@ -1,0 +1,270 @@
+"""`lfx plan`: batch arithmetic, steps, per-GPU memory and cost of a run, before renting anything.
+
+Model-state memory comes from DeepSpeed's own ZeRO estimators (for the trainable parameters) plus
+the frozen 16-bit base that LoRA keeps (partitioned under ZeRO-3, replicated otherwise). Activations
+are a rough estimate with gradient checkpointing (LLaMA-Factory's default). Time assumes
+6 x params FLOPs per token for LoRA (8 x for full fine-tuning, both with recomputation) at 40%
+of the GPU's dense bf16 throughput. Prices and GPU specs are data: launch/gpus.yaml.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..errors import LfxError
+from ..files import read_yaml
+from ..models import cached_config
+from ..paths import REPO_ROOT
+from ..recipe import Recipe, gpu_type
+from ..recipe.schema import GPUS_FILE
+
+MODELS_FILE = REPO_ROOT / "launch" / "models.yaml"
+MFU = 0.40
+OVERHEAD_GB = 2.0  # CUDA context, NCCL buffers, allocator fragmentation
+USABLE = 0.92  # of the card's memory
+LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class Arch:
+    params: float
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    vocab_size: int
+    source: str
+
+
+def architecture(recipe: Recipe) -> Arch:
+    """From config.json (a local folder or the Hub cache), else from launch/models.yaml."""
+    name = str(recipe.args["model_name_or_path"])
+    found = cached_config(name, revision=recipe.args.get("model_revision"), cache_dir=recipe.args.get("cache_dir"))
+    if found is not None:
+        config, source = found
+        config = config.get("text_config", config)
+        keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+        if not all(k in config for k in keys):
+            raise LfxError(f"{source}: not a decoder config lfx plan understands (needs {', '.join(keys)})")
+        arch = {k: int(config[k]) for k in keys}
+        arch["num_key_value_heads"] = int(config.get("num_key_value_heads") or arch["num_attention_heads"])
+        return Arch(params=_count(arch, bool(config.get("tie_word_embeddings"))), source=source, **arch)
+    models = read_yaml(MODELS_FILE)
+    if name in models:
+        return Arch(source=str(MODELS_FILE), **models[name])
+    raise LfxError(f"{recipe.path}: field 'model_name_or_path': no config.json for '{name}' here (local folder or "
+                   f"Hugging Face cache) and no entry in {MODELS_FILE.name}")  # fmt: skip
+
+
+def _count(a: dict[str, int], tied: bool) -> float:
+    h, inter, layers, v = a["hidden_size"], a["intermediate_size"], a["num_hidden_layers"], a["vocab_size"]
+    kv = h // a["num_attention_heads"] * a["num_key_value_heads"]
+    per_layer = 2 * h * h + 2 * h * kv + 3 * h * inter + 2 * h
+    return float(v * h * (1 if tied else 2) + layers * per_layer + h)
+
+
+def lora_params(arch: Arch, args: dict[str, Any]) -> float:
+    h, inter = arch.hidden_size, arch.intermediate_size
+    kv = h // arch.num_attention_heads * arch.num_key_value_heads
+    shapes = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
+              "gate_proj": (h, inter), "up_proj": (h, inter), "down_proj": (inter, h),
+              "qkv_proj": (h, h + 2 * kv), "gate_up_proj": (h, 2 * inter)}  # fmt: skip
+    target = str(args.get("lora_target", "all"))
+    names = LINEAR if target == "all" else [t.strip() for t in target.split(",") if t.strip() in shapes]
+    rank = int(args.get("lora_rank", 8))
+    return float(arch.num_hidden_layers * sum(rank * sum(shapes[n]) for n in names))
+
+
+def samples(recipe: Recipe) -> int:
+    from ..persona.dataset_entries import dataset_names, load_entries
+    from ..persona.dataset_records import countable_records
+
+    entries = load_entries()
+    total = 0
+    for name in dataset_names(recipe.args["dataset"]):
+        count = len(countable_records(entries[name], recipe.args.get("cache_dir")))
+        total += min(count, recipe.args["max_samples"]) if recipe.args.get("max_samples") else count
+    val = recipe.args.get("val_size") or 0
+    return total - (int(val) if val >= 1 else int(math.ceil(total * val)) if val else 0)
+
+
+def gpu_memory_gb(arch: Arch, recipe: Recipe, gpus_per_node: int, nodes: int, tokens: int) -> dict[str, float]:
+    """Per-GPU memory: model states (DeepSpeed's estimators) + frozen base + activations + overhead."""
+    import contextlib
+    import sys
+
+    with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed announces its accelerator on stdout
+        from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+        from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    args, launch = recipe.args, recipe.launch
+    full = args.get("finetuning_type", "lora") == "full"
+    trainable = arch.params if full else lora_params(arch, args)
+    frozen = 0.0 if full else arch.params
+    world = gpus_per_node * nodes
+    offload = launch["offload"]
+    bits = args.get("quantization_bit")
+    frozen_bytes = frozen * (bits / 8 if bits else 2)
+    largest = arch.vocab_size * arch.hidden_size
+    if launch["zero_stage"] == 3:
+        _, states, _ = estimate_zero3_model_states_mem_needs(int(trainable), int(largest), gpus_per_node, nodes,
+                                                             cpu_offload=offload, cpu_offload_params=offload,
+                                                             additional_buffer_factor=1.0)  # fmt: skip
+        base = 0.0 if offload else frozen_bytes / world
+    else:
+        stage_world = world if launch["zero_stage"] == 2 else 1
+        _, states = estimate_zero2_model_states_mem_needs(int(trainable), stage_world, 1, cpu_offload=offload,
+                                                          additional_buffer_factor=1.0)  # fmt: skip
+        base = frozen_bytes
+    batch = int(args.get("per_device_train_batch_size", 8))
+    h, inter, layers = arch.hidden_size, arch.intermediate_size, arch.num_hidden_layers
+    acts = batch * tokens * (2 * h * layers + 2 * (12 * h + 6 * inter) + 8 * arch.vocab_size)
+    return {"model_states_gb": states / 1e9, "frozen_base_gb": base / 1e9, "activations_gb": acts / 1e9,
+            "overhead_gb": OVERHEAD_GB, "total_gb": (states + base + acts) / 1e9 + OVERHEAD_GB}  # fmt: skip
+
+
+@dataclass
+class Plan:
+    recipe: str
+    model: str
+    params_b: float
+    trainable_params_m: float
+    samples: int
+    world_size: int
+    global_batch: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    tokens_per_sample: int
+    tokens_source: str
+    gpu_type: str
+    memory: dict[str, float]
+    fits: bool
+    smallest_fitting_gpus: int | None
+    hours: float
+    cost_usd: float
+    options: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _steps(n: int, per_device: int, accumulation: int, world: int, args: dict[str, Any]) -> tuple[int, int, int]:
+    per_rank = math.ceil(n / world)
+    steps_per_epoch = max(math.ceil(per_rank / per_device) // accumulation, 1)
+    max_steps = args.get("max_steps") or -1
+    total = max_steps if max_steps > 0 else math.ceil(float(args.get("num_train_epochs", 3.0)) * steps_per_epoch)
+    warmup = args.get("warmup_steps") or math.ceil(float(args.get("warmup_ratio") or 0) * total)
+    return steps_per_epoch, total, int(warmup)
+
+
+def _hours(arch: Arch, recipe: Recipe, total_steps: int, global_batch: int, tokens: int, gpu: dict, world: int) -> float:
+    full = recipe.args.get("finetuning_type", "lora") == "full"
+    flops = (8 if full else 6) * arch.params * tokens * global_batch * total_steps
+    return flops / (world * gpu["tflops"] * 1e12 * MFU) / 3600
+
+
+def estimate(recipe: Recipe, *, gpu: str | None = None, tokens: int | None = None, tokens_source: str | None = None) -> Plan:
+    """The plan of a loaded recipe; `tokens` is the mean tokens per sample when known (else cutoff_len)."""
+    arch = architecture(recipe)
+    chosen = gpu_type(gpu or recipe.launch["gpu_type"] or "A100-80GB-SXM")
+    args = recipe.args
+    cutoff = int(args.get("cutoff_len", 2048))
+    if tokens is None:
+        tokens, tokens_source = cutoff, "cutoff_len (upper bound; the tokenizer is not available here)"
+    n = samples(recipe)
+    per_device = int(args.get("per_device_train_batch_size", 8))
+    accumulation = int(args.get("gradient_accumulation_steps", 1))
+    nodes, per_node = recipe.launch["nodes"], recipe.launch["gpus"]
+    world = nodes * per_node
+    steps_per_epoch, total, warmup = _steps(n, per_device, accumulation, world, args)
+    global_batch = per_device * accumulation * world
+    memory = gpu_memory_gb(arch, recipe, per_node, nodes, cutoff)
+    fits = memory["total_gb"] <= chosen["memory_gb"] * USABLE
+    table = read_yaml(GPUS_FILE)
+    options = []
+    for name, row in table.items():
+        row = {"name": name, **row}
+        count = next((c for c in (1, 2, 4, 8) if gpu_memory_gb(arch, recipe, c, 1, cutoff)["total_gb"] <= row["memory_gb"] * USABLE), None)
+        if count is None:
+            options.append({"gpu_type": name, "gpus": None})
+            continue
+        s_epoch, s_total, _ = _steps(n, per_device, accumulation, count, args)
+        hours = _hours(arch, recipe, s_total, per_device * accumulation * count, tokens, row, count)
+        options.append({"gpu_type": name, "gpus": count, "bf16": row["bf16"], "hours": hours,
+                        "cost_usd": hours * count * row["usd_per_hour"]})  # fmt: skip
+    smallest = next((o["gpus"] for o in options if o["gpu_type"] == chosen["name"]), None)
+    hours = _hours(arch, recipe, total, global_batch, tokens, chosen, world)
+    return Plan(
+        recipe=str(recipe.path), model=str(args["model_name_or_path"]), params_b=arch.params / 1e9,
+        trainable_params_m=(arch.params if args.get("finetuning_type") == "full" else lora_params(arch, args)) / 1e6,
+        samples=n, world_size=world, global_batch=global_batch, steps_per_epoch=steps_per_epoch, total_steps=total,
+        warmup_steps=warmup, tokens_per_sample=tokens, tokens_source=tokens_source or "", gpu_type=chosen["name"],
+        memory=memory, fits=fits, smallest_fitting_gpus=smallest, hours=hours,
+        cost_usd=hours * world * chosen["usd_per_hour"], options=options,
+    )  # fmt: skip
+
+
+def render_plan(p: Plan, console, bf16: bool) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    console.print(escape(f"{p.recipe}: {p.model} ({p.params_b:.2f}B parameters, {p.trainable_params_m:.1f}M trainable)"))
+    console.print(f"samples {p.samples}, {p.world_size} GPUs, global batch {p.global_batch}, "
+                  f"{p.steps_per_epoch} steps/epoch, {p.total_steps} steps, {p.warmup_steps} warmup")  # fmt: skip
+    m = p.memory
+    console.print(f"per-GPU memory on {p.gpu_type}: model states {m['model_states_gb']:.1f} GB + frozen base "
+                  f"{m['frozen_base_gb']:.1f} GB + activations {m['activations_gb']:.1f} GB + overhead "
+                  f"{m['overhead_gb']:.1f} GB = {m['total_gb']:.1f} GB: " + ("fits" if p.fits else "[red]does not fit[/]"))  # fmt: skip
+    console.print(escape(f"time ~{p.hours:.2f} h, cost ~${p.cost_usd:.2f} (tokens/sample: {p.tokens_per_sample}, "
+                         f"from {p.tokens_source})"))  # fmt: skip
+    table = Table(title="cheapest fit per GPU type (one node)", title_justify="left")
+    for col in ("GPU type", "GPUs", "hours", "cost USD"):
+        table.add_column(col, justify="left" if col == "GPU type" else "right")
+    usable = [o for o in p.options if o["gpus"] and (o["bf16"] or not bf16)]
+    cheapest = min(usable, key=lambda o: o["cost_usd"], default=None)
+    for o in sorted(p.options, key=lambda o: (o["gpus"] is None, o.get("cost_usd", 0))):
+        if o["gpus"] is None:
+            table.add_row(o["gpu_type"], "does not fit", "", "")
+            continue
+        mark = " (cheapest)" if o is cheapest else "" if o["bf16"] or not bf16 else " (no bf16)"
+        table.add_row(o["gpu_type"] + mark, str(o["gpus"]), f"{o['hours']:.2f}", f"{o['cost_usd']:.2f}")
+    console.print(table)
+
+
+def mean_tokens(recipe: Recipe) -> tuple[int | None, str | None]:
+    """Mean tokens per sample (capped at cutoff_len) with the run's tokenizer, when it is available here."""
+    from ..persona.dataset_entries import dataset_names
+    from .encoding import aligned_records, load_tokenizer_and_template
+    from .lengths import message_lengths
+
+    try:
+        tokenizer, template = load_tokenizer_and_template(recipe)
+    except LfxError:
+        return None, None
+    cutoff = int(recipe.args.get("cutoff_len", 2048))
+    totals = [min(sum(lens), cutoff) for name in dataset_names(recipe.args["dataset"])
+              for lens in message_lengths(tokenizer, template, aligned_records(recipe, name))]  # fmt: skip
+    return int(sum(totals) / len(totals)), "the datasets, with the run's tokenizer and template"
+
+
+def run(recipe_path: str, overrides: tuple[str, ...], gpus: int | None, gpu: str | None, as_json: bool, echo) -> None:
+    """`lfx plan`: the plan on stdout (a table, or JSON)."""
+    import json
+
+    from ..recipe import load_recipe
+    from .check import quiet_llamafactory
+
+    quiet_llamafactory()
+    recipe = load_recipe(recipe_path, None, {"gpus": gpus} if gpus else None, overrides)
+    tokens, source = mean_tokens(recipe)
+    result = estimate(recipe, gpu=gpu, tokens=tokens, tokens_source=source)
+    if as_json:
+        echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        from rich.console import Console
+
+        render_plan(result, Console(highlight=False), bool(recipe.args.get("bf16")))

@@ -1,0 +1,183 @@
+"""A run's identity and where its outputs live, as the generated scripts decide it.
+
+A render's identity is a hash of what decides the trained weights: the resolved train.yaml, the DeepSpeed
+config, the data snapshot, the persona template file, and the number of processes (it sets the global
+batch). Its run id is `NAME-IDENT8`. Outputs go to `$OUTPUT_ROOT`: by default `/workspace/lfx-runs/RUN_ID`
+on a pod (`LFX_WORKSPACE` names another volume), else the run folder itself. The output folder is marked
+with the run id that trained into it (`output/.lfx_run_id`), and no other identity writes into it.
+
+Standard library only (train_sft.sh calls `python -m llamafactory_ext.run.identity` before installing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+RUN_FILE = "run.json"  # in the run folder: name, run id, identity
+MARKER = ".lfx_run_id"  # in the output folder: the run id that trains into it
+DONE = ".lfx_done"  # in the output folder: training finished (written by train_sft.sh)
+IDENTITY_FILES = ("train.yaml", "ds_config.json")
+IDENTITY_DIRS = ("data", "templates")
+
+
+def compute(run_dir: str | Path, processes: str) -> str:
+    """The identity hash of a rendered run folder (`processes`: the launch shape, e.g. '1x2')."""
+    run_dir = Path(run_dir)
+    digest = hashlib.sha256(f"processes {processes}\n".encode())
+    files = [run_dir / name for name in IDENTITY_FILES]
+    for folder in IDENTITY_DIRS:
+        files += sorted(p for p in (run_dir / folder).rglob("*") if p.is_file()) if (run_dir / folder).is_dir() else []
+    for path in files:
+        digest.update(f"{path.relative_to(run_dir).as_posix()}\n".encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def run_id(name: str, identity: str) -> str:
+    return f"{name}-{identity[:8]}"
+
+
+def read_run_file(run_dir: str | Path) -> dict | None:
+    path = Path(run_dir) / RUN_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def workspace() -> Path | None:
+    """The pod's writable volume: LFX_WORKSPACE, else /workspace when it exists and is writable."""
+    folder = Path(os.environ.get("LFX_WORKSPACE") or "/workspace")
+    return folder if folder.is_dir() and os.access(folder, os.W_OK) else None
+
+
+def output_root(run_dir: str | Path) -> Path:
+    """Where a run folder's outputs are (the same rule as _common.sh.j2): OUTPUT_ROOT, else the workspace's
+    lfx-runs/RUN_ID, else the run folder."""
+    if os.environ.get("OUTPUT_ROOT"):
+        return Path(os.environ["OUTPUT_ROOT"])
+    info = read_run_file(run_dir)
+    space = workspace()
+    if info and space is not None:
+        return space / "lfx-runs" / info["run_id"]
+    return Path(run_dir)
+
+
+def status(output_dir: str | Path) -> str:
+    """'empty', 'done', or 'started' of an output folder."""
+    output_dir = Path(output_dir)
+    if (output_dir / DONE).is_file():
+        return "done"
+    if output_dir.is_dir() and any(p.name != MARKER for p in output_dir.iterdir()):
+        return "started"
+    return "empty"
+
+
+def owner(output_dir: str | Path) -> str | None:
+    """The run id that trained into `output_dir` ('unknown' for outputs from before run ids; None: empty)."""
+    output_dir = Path(output_dir)
+    marker = output_dir / MARKER
+    if marker.is_file():
+        return marker.read_text(encoding="utf-8").strip() or "unknown"
+    if output_dir.is_dir() and any(output_dir.iterdir()):
+        return "unknown"
+    return None
+
+
+def set_aside(folder: Path, label: str) -> Path | None:
+    """Move `folder` to `folder.LABEL` (numbered when taken); None when there is nothing to move."""
+    if not folder.exists():
+        return None
+    target = folder.with_name(f"{folder.name}.{label}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = folder.with_name(f"{folder.name}.{label}.{n}")
+    folder.rename(target)
+    return target
+
+
+def claim(output_root: Path, rid: str, fresh: bool, dry: bool) -> tuple[str, str]:
+    """Decide what a start of run `rid` does with `output_root` ('train', 'done' or 'refuse') and why.
+    Unless `dry`: `fresh` moves earlier outputs aside (never deletes), and the output folder is marked."""
+    output_dir, merged = output_root / "output", output_root / "merged"
+    found = owner(output_dir)
+    state = status(output_dir)
+    if found not in (None, rid):
+        if not fresh:
+            return "refuse", (f"{output_dir} holds the outputs of run {found}, this render is {rid}: render into another "
+                              f"folder (lfx render ... -o DIR), set OUTPUT_ROOT, or start with --fresh to move them aside "
+                              f"to output.{found}")  # fmt: skip
+        label = found
+    elif state == "done" and not fresh:
+        return "done", f"run {rid} is done: its outputs are in {output_root} (--fresh trains it again into a fresh output folder)"
+    elif fresh and state != "empty":
+        label = f"{rid}.{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+    else:
+        label = None
+    if dry:
+        moved = f"; would move {output_dir} aside to output.{label}" if label else ""
+        return "train", f"would train run {rid} into {output_dir}{moved}"
+    said = ""
+    if label:
+        moved = [str(p) for p in (set_aside(output_dir, label), set_aside(merged, label)) if p]
+        said = f"; earlier outputs moved to {', '.join(moved)}" if moved else ""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / MARKER).write_text(rid + "\n", encoding="utf-8")
+    return "train", f"training run {rid} into {output_dir}{said}"
+
+
+def mark_done(output_dir: str | Path) -> None:
+    Path(output_dir, DONE).write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + "\n", encoding="utf-8")
+
+
+def runs_table(space: str | Path | None = None) -> list[str]:
+    """`lfx runs`: one line per run on the workspace volume (lfx-runs/RUN_ID): state, newest checkpoint,
+    merged model, evaluation."""
+    root = Path(space) if space else workspace()
+    if root is None:
+        return [f"no workspace volume here ({os.environ.get('LFX_WORKSPACE') or '/workspace'} is missing or not writable; "
+                "runs then keep their outputs in their run folder: RUN_DIR/output, RUN_DIR/merged)"]  # fmt: skip
+    folders = sorted(p for p in (root / "lfx-runs").glob("*") if p.is_dir()) if (root / "lfx-runs").is_dir() else []
+    if not folders:
+        return [f"no runs under {root / 'lfx-runs'}"]
+    lines = [f"runs under {root / 'lfx-runs'}:"]
+    for folder in folders:
+        output = folder / "output"
+        steps = sorted((int(p.name.split("-")[1]) for p in output.glob("checkpoint-*") if p.name.split("-")[1].isdigit()))
+        parts = [status(output), f"checkpoint {steps[-1]}" if steps else "no checkpoint",
+                 "merged" if (folder / "merged" / "config.json").is_file() else "not merged",
+                 "evaluated" if any((folder / d / "eval.json").is_file() for d in ("merged", "output")) else "not evaluated"]  # fmt: skip
+        lines.append(f"  {folder.name}  {', '.join(parts)}  ({folder})")
+    return lines
+
+
+def main(argv: list[str]) -> int:
+    """`python -m llamafactory_ext.run.identity claim OUTPUT_ROOT RUN_ID [--fresh] [--dry-run]`: prints
+    `train`, `done` or `refuse` on stdout and why on stderr (exit 2 on refuse);
+    `... done OUTPUT_DIR`: marks a finished training."""
+    if len(argv) >= 3 and argv[0] == "claim":
+        flags = set(argv[3:])
+        if flags - {"--fresh", "--dry-run"}:
+            print(f"unknown option {sorted(flags - {'--fresh', '--dry-run'})[0]}", file=sys.stderr)
+            return 2
+        what, why = claim(Path(argv[1]), argv[2], "--fresh" in flags, "--dry-run" in flags)
+        print(what)
+        print(f"train_sft.sh: {'error: ' if what == 'refuse' else ''}{why}", file=sys.stderr)
+        return 2 if what == "refuse" else 0
+    if len(argv) == 2 and argv[0] == "done":
+        mark_done(argv[1])
+        return 0
+    print("usage: python -m llamafactory_ext.run.identity claim OUTPUT_ROOT RUN_ID [--fresh] [--dry-run] | done OUTPUT_DIR",
+          file=sys.stderr)  # fmt: skip
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,89 @@
+"""The run record (lfx_run.json) and merge record (lfx_merge.json): the one place that names, writes, finds
+and reads them, and makes them portable (no secret, no path of the training machine) for the Hub."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from ..errors import LfxError
+from ..files import atomic_write_text, dump_json, read_json
+from ..secrets import scrub
+
+RUN_RECORD = "lfx_run.json"
+MERGE_RECORD = "lfx_merge.json"
+CHECKPOINT = re.compile(r"^checkpoint-\d+$")
+# What a run leaves beside its adapter that a model folder carries on: the record, plots, results, eval.
+RUN_FILES = (RUN_RECORD, "training_loss.png", "training_eval_loss.png", "trainer_log.jsonl", "all_results.json",
+             "train_results.json", "eval.json", "eval.md", "eval.png")  # fmt: skip
+
+
+def write(output_dir: str | Path, record: dict[str, Any]) -> Path:
+    """Write the run record into `output_dir`, secrets dropped whatever they came from."""
+    path = Path(output_dir) / RUN_RECORD
+    atomic_write_text(path, dump_json(scrub(record)))
+    return path
+
+
+def candidates(folder: str | Path) -> list[Path]:
+    """Where the run record of a model folder is, in order: the folder itself (an output folder, or a merged
+    folder carrying a copy), the output folder above a checkpoint-N, the output folder beside a merged one."""
+    folder = Path(folder)
+    found = [folder / RUN_RECORD]
+    if CHECKPOINT.match(folder.name):
+        found.append(folder.parent / RUN_RECORD)
+    found.append(folder.parent / "output" / RUN_RECORD)
+    return found
+
+
+def find(folder: str | Path) -> Path | None:
+    return next((p for p in candidates(folder) if p.is_file()), None)
+
+
+def read(path: str | Path) -> dict[str, Any]:
+    record = read_json(path)
+    if not isinstance(record, dict) or not isinstance(record.get("args"), dict):
+        raise LfxError(f"{path}: field 'args': missing (not a run record of lfx)")
+    return record
+
+
+def load(folder: str | Path, required: bool = True) -> tuple[dict[str, Any], Path | None]:
+    """(record, its path) for a model folder; ({}, None) when there is none and it is not required."""
+    path = find(folder)
+    if path is None:
+        if required:
+            raise LfxError(f"{folder}: no {RUN_RECORD} here or in its run's output folder (a run's output, checkpoint "
+                           "or merged folder is needed)")  # fmt: skip
+        return {}, None
+    return read(path), path
+
+
+def read_merge(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / MERGE_RECORD
+    if not path.is_file():
+        return {}
+    record = read_json(path)
+    return record if isinstance(record, dict) else {}
+
+
+def portable(value: Any, key: str = "") -> Any:
+    """A record as it may travel (model card, Hub): secrets dropped, and every absolute path of this machine
+    reduced to its last part (a model folder's name, a file's name), so no home folder, volume or user name
+    leaves with the model."""
+    value = scrub(value)
+    if isinstance(value, dict):
+        return {k: portable(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v, key) for v in value]
+    if isinstance(value, str) and is_local_path(value):
+        from ..models import hub_id
+
+        return hub_id(value) or Path(value.rstrip("/")).name or value
+    return value
+
+
+def is_local_path(text: str) -> bool:
+    """An absolute path of some machine (POSIX, home-relative or Windows), not a Hub id or a relative name."""
+    return text.startswith(("/", "~")) or bool(re.match(r"^[A-Za-z]:[\\/]", text)) or text.startswith(os.sep + os.sep)
