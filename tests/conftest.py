@@ -16,9 +16,15 @@ from click.testing import CliRunner
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
-FAKE_TOKEN = "hf_" + "FakeTokenForTests0123456789abcdefghij"  # split so secret scanners skip it
+# Fake credentials in the shapes real ones have (split so secret scanners skip the source): a Hugging Face
+# user token is "hf_" and 34 letters, no digit (as the one the seed pasted); W&B and SwanLab keys are 40 hex.
+FAKE_TOKEN = "hf_" + "QbVzNtKpRwHsLmCxJdFgYuEaTiOeWrXsDn"
+FAKE_LOGGER_KEY = "7c4e" + "9a1f0b3d2e8c6a5f4b1d0e9c8a7b6f5e4d3c"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Runs keep their outputs in their run folder unless a test gives them a workspace volume (LFX_WORKSPACE), as
+# a pod's /workspace: never the /workspace of the machine the tests run on, should it have one.
+os.environ["LFX_WORKSPACE"] = "/nonexistent/lfx-test-workspace"
 os.environ.setdefault("DISABLE_VERSION_CHECK", "1")
 
 

@@ -1,6 +1,7 @@
 """A local stand-in for the Hugging Face Hub's HTTP API, enough for huggingface_hub's create_repo,
 upload_folder and upload_file: repo creation, the model card's metadata check, the preupload endpoint (every file "regular",
-with the stored file's git oid so unchanged files are skipped), commits and repo info.
+with the stored file's git oid so unchanged files are skipped), commits (added and deleted files) and repo
+info. A new repo holds a `.gitattributes`, as the Hub creates one.
 
 It records every request (method, path, Authorization header) so tests can check what was sent.
 """
@@ -51,7 +52,8 @@ class HubStandin:
                     if repo_id in standin.repos:
                         return self._reply(409, {"error": "You already created this model repo", "url": url})
                     private = payload["visibility"] != "public" if "visibility" in payload else payload.get("private")
-                    standin.repos[repo_id] = {"private": private, "files": {}, "commits": []}
+                    standin.repos[repo_id] = {"private": private, "files": {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"},
+                                              "commits": []}  # fmt: skip
                     return self._reply(200, {"url": url, "name": repo_id})
                 if path == "/api/validate-yaml":  # model card metadata check
                     return self._reply(200, {"errors": [], "warnings": []})
@@ -69,6 +71,11 @@ class HubStandin:
                 for line in lines:
                     if line["key"] == "file":
                         repo["files"][line["value"]["path"]] = base64.b64decode(line["value"]["content"])
+                    elif line["key"] == "deletedFile":
+                        repo["files"].pop(line["value"]["path"], None)
+                    elif line["key"] == "deletedFolder":
+                        prefix = line["value"]["path"].rstrip("/") + "/"
+                        repo["files"] = {p: c for p, c in repo["files"].items() if not p.startswith(prefix)}
                     elif line["key"] != "header":
                         return self._reply(400, {"error": f"unsupported commit line {line['key']}"})
                 repo["commits"].append(lines[0]["value"]["summary"])

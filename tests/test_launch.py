@@ -146,16 +146,16 @@ def test_run_survives_source_edits_and_resumes_past_a_truncated_checkpoint(tiny_
     weights = out / "checkpoint-4" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     for item in out.iterdir():
-        if not item.name.startswith("checkpoint-"):
+        if not item.name.startswith(("checkpoint-", ".lfx_run_id")):  # the run's mark is written at its start
             shutil.rmtree(item) if item.is_dir() else item.unlink()
     proc = _run_script(run, {"MERGE": "1", "MERGED_DIR": "/proc/no-such-place/merged"})
     assert proc.returncode == 3, (proc.stdout + proc.stderr)[-4000:]
     assert f"resuming from {out}/checkpoint-2" in proc.stdout
-    assert "checkpoint-4: incomplete, skipped and moved to checkpoint-4.incomplete: adapter_model.safetensors: cut short" in proc.stderr
-    assert (out / "checkpoint-4.incomplete").is_dir() and (out / "checkpoint-4" / "trainer_state.json").is_file()
+    assert f"checkpoint-4: incomplete, skipped and moved to {out}/.incomplete/checkpoint-4: adapter_model.safetensors: cut short" in proc.stderr
+    assert (out / ".incomplete" / "checkpoint-4").is_dir() and (out / "checkpoint-4" / "trainer_state.json").is_file()
     log = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
     assert [entry["current_steps"] for entry in log if "loss" in entry] == [3, 4]
-    assert "training finished, but merging, evaluating or uploading failed; the adapter is safe in" in proc.stderr
+    assert "training finished, but merging, evaluating or uploading failed; the outputs are safe in" in proc.stderr
     assert (out / "adapter_model.safetensors").is_file()
     starts = [line for line in (run / "train.log").read_text().splitlines() if " start: " in line]
     assert len(starts) == 2 and starts[0].endswith("resume none") and starts[1].endswith(f"resume {out}/checkpoint-2")
@@ -196,7 +196,9 @@ def test_background_run_writes_to_the_workspace_volume_and_stops_the_pod(tiny_re
     start = time.monotonic()
     proc = subprocess.run([str(run / "train_sft.sh"), "--background"], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "LFX_DEVICE": "cpu", "MIN_FREE_DISK_GB": "1", **env})  # fmt: skip
-    out = workspace / "lfx-runs" / "tiny" / "output"
+    run_id = json.loads((run / "run.json").read_text())["run_id"]
+    assert run_id.startswith("tiny-")
+    out = workspace / "lfx-runs" / run_id / "output"
     assert proc.returncode == 0 and f"tail -f {out.parent}/train.log" in proc.stdout
     assert time.monotonic() - start < 30  # it did not wait for training
     while not stopped.exists() and time.monotonic() - start < 540:
@@ -204,4 +206,4 @@ def test_background_run_writes_to_the_workspace_volume_and_stops_the_pod(tiny_re
     log = out.parent / "train.log"
     assert stopped.read_text().strip() == "pod stop pod-123", log.read_text()[-3000:]
     assert (out / "adapter_model.safetensors").is_file() and not (run / "output").exists()
-    assert "train_loss" in log.read_text() and " start: node 0 of 1, 2 process(es), resume none" in log.read_text()
+    assert "train_loss" in log.read_text() and f" start: run {run_id}, node 0 of 1, 2 process(es), resume none" in log.read_text()

@@ -52,7 +52,7 @@ def problem(path: str | Path) -> str | None:
         with safe_open(str(path), framework="pt"):
             return None
     except SafetensorError as err:
-        return " ".join(str(err).split())
+        return f"cut short or damaged (safetensors: {' '.join(str(err).split()).removeprefix('Error while deserializing header: ')})"
     except OSError as err:
         return err.strerror or str(err)
 

@@ -70,10 +70,10 @@ def output_root(run_dir: str | Path) -> Path:
 
 
 def status(output_dir: str | Path) -> str:
-    """'empty', 'done', or 'started' of an output folder."""
+    """'empty', 'finished', or 'started' of an output folder."""
     output_dir = Path(output_dir)
     if (output_dir / DONE).is_file():
-        return "done"
+        return "finished"
     if output_dir.is_dir() and any(p.name != MARKER for p in output_dir.iterdir()):
         return "started"
     return "empty"
@@ -104,7 +104,7 @@ def set_aside(folder: Path, label: str) -> Path | None:
 
 
 def claim(output_root: Path, rid: str, fresh: bool, dry: bool) -> tuple[str, str]:
-    """Decide what a start of run `rid` does with `output_root` ('train', 'done' or 'refuse') and why.
+    """Decide what a start of run `rid` does with `output_root` ('train', 'finished' or 'refuse') and why.
     Unless `dry`: `fresh` moves earlier outputs aside (never deletes), and the output folder is marked."""
     output_dir, merged = output_root / "output", output_root / "merged"
     found = owner(output_dir)
@@ -115,8 +115,8 @@ def claim(output_root: Path, rid: str, fresh: bool, dry: bool) -> tuple[str, str
                               f"folder (lfx render ... -o DIR), set OUTPUT_ROOT, or start with --fresh to move them aside "
                               f"to output.{found}")  # fmt: skip
         label = found
-    elif state == "done" and not fresh:
-        return "done", f"run {rid} is done: its outputs are in {output_root} (--fresh trains it again into a fresh output folder)"
+    elif state == "finished" and not fresh:
+        return "finished", f"run {rid} is done: its outputs are in {output_root} (--fresh trains it again into a fresh output folder)"
     elif fresh and state != "empty":
         label = f"{rid}.{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
     else:
@@ -160,8 +160,8 @@ def runs_table(space: str | Path | None = None) -> list[str]:
 
 def main(argv: list[str]) -> int:
     """`python -m llamafactory_ext.run.identity claim OUTPUT_ROOT RUN_ID [--fresh] [--dry-run]`: prints
-    `train`, `done` or `refuse` on stdout and why on stderr (exit 2 on refuse);
-    `... done OUTPUT_DIR`: marks a finished training."""
+    `train`, `finished` or `refuse` on stdout and why on stderr (exit 2 on refuse);
+    `... finished OUTPUT_DIR`: marks a finished training."""
     if len(argv) >= 3 and argv[0] == "claim":
         flags = set(argv[3:])
         if flags - {"--fresh", "--dry-run"}:
@@ -171,10 +171,10 @@ def main(argv: list[str]) -> int:
         print(what)
         print(f"train_sft.sh: {'error: ' if what == 'refuse' else ''}{why}", file=sys.stderr)
         return 2 if what == "refuse" else 0
-    if len(argv) == 2 and argv[0] == "done":
+    if len(argv) == 2 and argv[0] == "finished":
         mark_done(argv[1])
         return 0
-    print("usage: python -m llamafactory_ext.run.identity claim OUTPUT_ROOT RUN_ID [--fresh] [--dry-run] | done OUTPUT_DIR",
+    print("usage: python -m llamafactory_ext.run.identity claim OUTPUT_ROOT RUN_ID [--fresh] [--dry-run] | finished OUTPUT_DIR",
           file=sys.stderr)  # fmt: skip
     return 2
 

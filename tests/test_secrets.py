@@ -1,0 +1,222 @@
+"""A secret of any real shape, put wherever a user puts one, never reaches a file, a log or the Hub.
+
+Fake values in the shapes real ones have: a Hugging Face user token of `hf_` and 34 letters (no digit), a
+40-hex logger key (SwanLab, W&B), through a recipe, an override, a preset, a plain LLaMA-Factory config on
+every rank, a template file, a dataset entry and a record; then a whole run with the real ones in the
+environment, every file it wrote, its log and what the Hub stand-in received searched for them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import BIN, FAKE_LOGGER_KEY, FAKE_TOKEN, REPO, lfx, snapshot, tiny_recipe_dict, write_recipe
+from hub_standin import HubStandin
+
+GITHUB_TOKEN = "ghp_" + "R2d2C3poBb8LeiaSkywalkerHanSolo4Chewie"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "LFX_DEVICE": "cpu", "MIN_FREE_DISK_GB": "1",
+            "PYTHONUNBUFFERED": "1", **extra}  # fmt: skip
+
+
+def _refused(result, where: str, field: str, *values: str) -> None:
+    """One line, exit 2, naming the file and the field, never the value, saying where tokens come from."""
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert where in lines[0] and f"field '{field}'" in lines[0], lines[0]
+    assert "HF_TOKEN" in lines[0] and "hf auth login" in lines[0]
+    for value in values:
+        assert value not in result.output
+
+
+# case -> (recipe changes, overrides, the field named)
+SECRET_RECIPES = {
+    "hub_token_in_recipe": ({"hub_token": FAKE_TOKEN}, [], "hub_token"),
+    "hf_hub_token_in_recipe": ({"hf_hub_token": FAKE_TOKEN}, [], "hf_hub_token"),
+    "swanlab_key_in_recipe": ({"swanlab_api_key": FAKE_LOGGER_KEY}, [], "swanlab_api_key"),
+    "token_in_an_ordinary_field": ({"run_name": FAKE_TOKEN}, [], "run_name"),
+    "logger_key_in_an_ordinary_field": ({"swanlab_run_name": FAKE_LOGGER_KEY}, [], "swanlab_run_name"),
+    "github_token_anywhere": ({"hub_model_id": GITHUB_TOKEN}, [], "hub_model_id"),
+    "a_credential_named_key": ({"wandb_api_key": "not-even-a-token-shape"}, [], "wandb_api_key"),
+    "hub_token_override": ({}, [f"hub_token={FAKE_TOKEN}"], "hub_token"),
+    "logger_key_override": ({}, [f"swanlab_api_key={FAKE_LOGGER_KEY}"], "swanlab_api_key"),
+    "token_in_launch_block": ({"launch": {"hub_repo": FAKE_TOKEN}}, [], "launch.hub_repo"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(SECRET_RECIPES))
+def test_a_secret_in_a_recipe_or_override_is_refused_and_nothing_is_written(case, tiny_llama3, tmp_path):
+    changes, overrides, field = SECRET_RECIPES[case]
+    recipe = tiny_recipe_dict(tiny_llama3)
+    for key, value in changes.items():
+        recipe[key] = {**recipe[key], **value} if key == "launch" else value
+    path = write_recipe(tmp_path / "persona.yaml", recipe)
+    run = tmp_path / "run"
+    for command in (["render", str(path), *overrides, "-o", str(run)], ["check", str(path), *overrides],
+                    ["plan", str(path), *overrides], ["train", str(path), *overrides, "-o", str(run), "--dry-run"]):  # fmt: skip
+        _refused(lfx(*command), str(path), field, FAKE_TOKEN, FAKE_LOGGER_KEY, GITHUB_TOKEN)
+    assert not run.exists()
+
+
+def test_a_secret_in_a_preset_is_refused(tiny_llama3, tmp_path, monkeypatch):
+    from llamafactory_ext.recipe import load as recipe_load
+
+    presets = tmp_path / "presets.yaml"
+    presets.write_text(f"tony:\n  model_name_or_path: {tiny_llama3}\n  template: llama3-persona\n  hf_hub_token: {FAKE_TOKEN}\n",
+                       encoding="utf-8")  # fmt: skip
+    monkeypatch.setattr(recipe_load, "PRESETS_FILE", presets)
+    recipe = tiny_recipe_dict(tiny_llama3)
+    recipe.pop("model_name_or_path")
+    path = write_recipe(tmp_path / "persona.yaml", {**recipe, "preset": "tony"})
+    _refused(lfx("check", str(path)), "presets.yaml: preset 'tony'", "hf_hub_token", FAKE_TOKEN)
+
+
+def test_a_secret_in_a_template_file_or_dataset_is_refused(tiny_llama3, templates_copy, data_copy, tmp_path):
+    path = write_recipe(tmp_path / "persona.yaml", tiny_recipe_dict(tiny_llama3))
+    spec = (templates_copy / "llama3-persona.yaml").read_text(encoding="utf-8")
+    assert "\ndescription: " in spec
+    (templates_copy / "llama3-persona.yaml").write_text(spec.replace("\ndescription: ", f"\ndescription: my key {FAKE_TOKEN}; "),
+                                                        encoding="utf-8")  # fmt: skip
+    _refused(lfx("check", str(path)), "llama3-persona.yaml", "description", FAKE_TOKEN)
+    (templates_copy / "llama3-persona.yaml").write_text(spec, encoding="utf-8")
+
+    info = json.loads((data_copy / "dataset_info.json").read_text(encoding="utf-8"))
+    info["ironman"]["hf_hub_token"] = FAKE_TOKEN
+    (data_copy / "dataset_info.json").write_text(json.dumps(info), encoding="utf-8")
+    _refused(lfx("check", str(path)), "dataset_info.json: dataset 'ironman'", "hf_hub_token", FAKE_TOKEN)
+    del info["ironman"]["hf_hub_token"]
+    (data_copy / "dataset_info.json").write_text(json.dumps(info), encoding="utf-8")
+
+    records = json.loads((data_copy / "ironman.json").read_text(encoding="utf-8"))
+    records[4]["output"] += f" 내 토큰은 {FAKE_TOKEN} 이야."
+    (data_copy / "ironman.json").write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    before = snapshot(data_copy)
+    _refused(lfx("check", str(path)), "ironman.json: record 4", "output", FAKE_TOKEN)
+    assert snapshot(data_copy) == before
+
+
+@pytest.mark.parametrize("where", ["file", "override"])
+def test_a_plain_config_with_a_secret_stops_every_rank(where, tiny_llama3, tmp_path):
+    """`torchrun -m llamafactory_ext.train CONFIG`: each rank refuses before LLaMA-Factory sees the key (it would
+    be pickled into training_args.bin and kept in the run record)."""
+    import yaml
+
+    config = {"model_name_or_path": str(tiny_llama3), "stage": "sft", "do_train": True, "finetuning_type": "lora",
+              "dataset": "ironman", "template": "llama3-persona", "output_dir": str(tmp_path / "out"), "report_to": "none"}  # fmt: skip
+    extra = []
+    if where == "file":
+        config["swanlab_api_key"] = FAKE_LOGGER_KEY
+    else:
+        extra = [f"hub_token={FAKE_TOKEN}"]
+    path = tmp_path / "plain.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    proc = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "llamafactory_ext.train",
+                           str(path), *extra], env=_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode != 0
+    refusals = [line for line in proc.stderr.splitlines() if line.startswith("error: ") and str(path) in line]
+    assert len(refusals) == 2, proc.stderr[-3000:]  # one line per rank
+    assert FAKE_TOKEN not in proc.stdout + proc.stderr and FAKE_LOGGER_KEY not in proc.stdout + proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_redactor_the_background_log_goes_through():
+    text = f"token={FAKE_TOKEN} gh={GITHUB_TOKEN} sk=sk-proj-{'x' * 24} commit 0123456789abcdef0123456789abcdef01234567\n"
+    proc = subprocess.run([sys.executable, "-m", "llamafactory_ext.secrets", "redact"], input=text, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    assert proc.returncode == 0
+    assert FAKE_TOKEN not in proc.stdout and GITHUB_TOKEN not in proc.stdout and "sk-proj" not in proc.stdout
+    assert "0123456789abcdef0123456789abcdef01234567" in proc.stdout  # a commit hash is not a secret in a log
+
+
+def test_a_whole_run_with_real_shaped_secrets_in_its_environment_leaves_them_nowhere(tiny_llama3, tmp_path):
+    """Train in the background (a chatty tool prints the token into the log), checkpoint, merge, upload to the
+    Hub stand-in: no file of the run folder, the workspace volume (output, checkpoints, merged, train.log),
+    nor anything the Hub received holds the token or the logger key; the upload dry run shows neither."""
+    import time
+
+    recipe = tiny_recipe_dict(tiny_llama3, max_steps=2, save_steps=1, launch={"gpus": 1, "zero_stage": 3, "launcher": "torchrun"})
+    path = write_recipe(tmp_path / "persona.yaml", recipe)
+    run = tmp_path / "run"
+    assert lfx("render", str(path), "-o", str(run)).exit_code == 0
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    chatty = tmp_path / "python"  # what a library that logs its environment would print
+    chatty.write_text(f'#!/usr/bin/env bash\necho "debug: HF_TOKEN=$HF_TOKEN SWANLAB_API_KEY=$SWANLAB_API_KEY" >&2\n'
+                      f'exec {sys.executable} "$@"\n')  # fmt: skip
+    chatty.chmod(0o755)
+    with HubStandin() as hub:
+        env = _env(LFX_WORKSPACE=str(workspace), MERGE="1", UPLOAD="1", HUB_REPO="tony/persona", HF_TOKEN=FAKE_TOKEN,
+                   SWANLAB_API_KEY=FAKE_LOGGER_KEY, HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_HOME=str(tmp_path / "hf"),
+                   HF_HUB_DISABLE_PROGRESS_BARS="1", PYTHON=str(chatty))  # fmt: skip
+        proc = subprocess.run([str(run / "train_sft.sh"), "--background"], env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        log = next(workspace.glob("lfx-runs/*/train.log"))
+        deadline = time.monotonic() + 600
+        while " end: " not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(2)
+        text = log.read_text()
+        assert " status 0" in text, text[-4000:]
+        assert "debug: HF_TOKEN=<redacted>" in text  # the chatty line was there, and redacted
+        received = hub.repos["tony/persona"]["files"]
+        dry = subprocess.run([str(BIN / "lfx"), "upload", str(log.parent / "merged"), "--repo", "tony/persona", "--dry-run"],
+                             env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    assert {"model.safetensors", "README.md", "lfx_run.json", "tokenizer_config.json"} <= set(received)
+    assert any((log.parent / "output").glob("checkpoint-*"))
+    files = {**snapshot(run), **snapshot(workspace), **{f"hub/{k}": v for k, v in received.items()}}
+    for secret in (FAKE_TOKEN, FAKE_LOGGER_KEY):
+        assert not [name for name, data in files.items() if secret.encode() in data], secret
+        assert secret not in dry.stdout + dry.stderr + proc.stdout + proc.stderr
+    # And the training machine does not travel either: no path of it in what the Hub received.
+    for name, data in received.items():
+        assert str(tmp_path).encode() not in data and str(Path.home()).encode() + b"/" not in data, name
+
+
+def test_serve_never_shows_the_api_key_it_passes_to_vllm(merged_ironman, tmp_path):
+    """vLLM's --api-key travels in VLLM_API_KEY (vLLM reads it there), out of the printed command."""
+    fake_vllm = tmp_path / "site" / "vllm"
+    fake_vllm.mkdir(parents=True)
+    (fake_vllm / "__init__.py").write_text("")  # the dry run only asks whether vLLM is importable
+    key = "sk-" + "proj-" + "Tq8vN2mWx5Lr9Kc3Hs7Jb1Yd"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    proc = subprocess.run([str(BIN / "lfx"), "serve", str(merged_ironman), "--python", sys.executable, "--dry-run", "--",
+                           "--api-key", key], env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert key not in proc.stdout + proc.stderr and "VLLM_API_KEY=<redacted>" in proc.stdout
+    assert "--api-key" not in proc.stdout
+
+
+BAD_REPO_IDS = {
+    "dot_dot": "tony/..",
+    "double_dash": "tony/iron--man",
+    "too_long": "tony/" + "m" * 97,
+    "trailing_dot": "tony/ironman.",
+    "no_user": "ironman",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REPO_IDS))
+def test_hub_repo_ids_are_checked_by_huggingface_hub_before_training(case, tiny_llama3, tmp_path):
+    repo = BAD_REPO_IDS[case]
+    recipe = tiny_recipe_dict(tiny_llama3, launch={"gpus": 1, "hub_repo": repo})
+    path = write_recipe(tmp_path / "persona.yaml", recipe)
+    for command in (["check", str(path)], ["render", str(path), "-o", str(tmp_path / "run")]):
+        result = lfx(*command)
+        assert result.exit_code == 2 and "field 'launch.hub_repo'" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+    # The same id given to a rendered run's scripts: refused in the dry run and before training alike.
+    good = write_recipe(tmp_path / "good.yaml", tiny_recipe_dict(tiny_llama3, launch={"gpus": 1}))
+    assert lfx("render", str(good), "-o", str(tmp_path / "run")).exit_code == 0
+    for script, extra in (("train_sft.sh", ["--dry-run"]), ("train_sft.sh", []), ("merge_upload.sh", ["--dry-run"])):
+        proc = subprocess.run([str(tmp_path / "run" / script), *extra], env=_env(HUB_REPO=repo, UPLOAD="1", HF_TOKEN=FAKE_TOKEN,
+                              OUTPUT_ROOT=str(tmp_path / "vol")), capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert proc.returncode == 2, (script, extra, proc.stdout[-2000:], proc.stderr[-2000:])
+        assert "HUB_REPO" in proc.stderr and repo[:20] in proc.stderr
+    assert not (tmp_path / "vol" / "output").exists()
