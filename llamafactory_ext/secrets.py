@@ -123,13 +123,20 @@ def find_in_text(text: str) -> str | None:
     return None
 
 
-def redact(text: str) -> str:
-    """`text` with every credential-shaped string replaced (logs, printed commands). 40-hex strings stay:
-    in a log they are mostly commit hashes and checksums."""
+def redact(text: str, known: tuple[str, ...] = ()) -> str:
+    """`text` with every credential-shaped string and every `known` secret value replaced (logs, printed
+    commands). Other 40-hex strings stay: in a log they are mostly commit hashes and checksums."""
+    for value in known:
+        text = text.replace(value, REDACTED)
     for what, pattern in SHAPES:
         if what != "a 40-hex API key":
             text = pattern.sub(REDACTED, text)
     return text
+
+
+def environment_secrets(environ: dict[str, str]) -> tuple[str, ...]:
+    """The values of credential-named environment variables (HF_TOKEN, SWANLAB_API_KEY, WANDB_API_KEY...)."""
+    return tuple(sorted({v for k, v in environ.items() if credential_key(k) and len(v) >= 8}, key=len, reverse=True))
 
 
 def scrub(data: Any) -> Any:
@@ -146,12 +153,16 @@ def scrub(data: Any) -> Any:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m llamafactory_ext.secrets redact`: copy stdin to stdout, line by line, redacted."""
+    """`python -m llamafactory_ext.secrets redact`: copy stdin to stdout, line by line, redacted (credential
+    shapes, and the values of this process's credential-named environment variables)."""
     if argv != ["redact"]:
         print("usage: python -m llamafactory_ext.secrets redact < IN > OUT", file=sys.stderr)
         return 2
+    import os
+
+    known = environment_secrets(dict(os.environ))
     for line in sys.stdin:
-        sys.stdout.write(redact(line))
+        sys.stdout.write(redact(line, known))
         sys.stdout.flush()
     return 0
 

@@ -4,6 +4,7 @@ generated train_sft.sh trained for real by two loopback "nodes" of one gloo proc
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -106,7 +107,7 @@ def test_nodes_started_from_different_renders_refuse_each_other(two_node_recipe,
     results = [node.communicate(timeout=120) for node in nodes]
     assert [node.returncode for node in nodes] == [2, 2]
     for _, err in results:
-        assert "node 1 runs 'pair/2x1/" in err and "node 0 runs 'pair/2x1/" in err
+        assert "node 1 runs 'pair-" in err and "node 0 runs 'pair-" in err
 
 
 def test_nodes_that_would_resume_from_different_steps_refuse_each_other(two_node_recipe, tmp_path):
@@ -183,3 +184,58 @@ def test_two_loopback_nodes_train(start, launcher, two_node_recipe, tmp_path):
     if start == "by_hand":
         assert "meeting the other nodes at 127.0.0.1:29500" in logs[1]
     assert (tmp_path / "node0" / "output" / "adapter_model.safetensors").is_file()
+
+
+def _pair(run: Path, volume, port: str, timeout: int = 600, **extra: str) -> list[tuple[int, str]]:
+    """Both nodes of `run`, node r writing to volume(r); (return code, output) of each."""
+    nodes = [
+        subprocess.Popen([str(run / "train_sft.sh")],
+                         env=_env(OUTPUT_ROOT=str(volume(rank)), LFX_RENDEZVOUS_TIMEOUT="120", NNODES="2", NODE_RANK=str(rank),
+                                  MASTER_ADDR="127.0.0.1", MASTER_PORT=port, **extra),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        for rank in (0, 1)
+    ]
+    return [(node.wait(timeout=timeout), node.communicate()[0]) for node in nodes]
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "deepspeed"])
+def test_two_nodes_on_one_shared_volume_save_once_and_resume_together(launcher, two_node_recipe, tmp_path):
+    """A RunPod Instant Cluster with one network volume: the nodes find out they share OUTPUT_ROOT, only one
+    saves (each step once in the loss log, one writer per checkpoint file); a restart after a save cut short
+    sets the checkpoint aside once and every node resumes from the one before."""
+    import json
+
+    run = _render(two_node_recipe, tmp_path / "run", "--launcher", launcher, "max_steps=4", "save_steps=2")
+    volume = tmp_path / "volume"
+    results = _pair(run, lambda rank: volume, str(_free_port()))
+    assert [code for code, _ in results] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
+    for _, log in results:
+        assert "the nodes share" in log and "node 0 alone saves" in log
+    out = volume / "output"
+    steps = [json.loads(line)["current_steps"] for line in (out / "trainer_log.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]  # fmt: skip
+    assert steps == [1, 2, 3, 4]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    # A save killed midway at step 4, the run's final files never written: restart both nodes.
+    weights = out / "checkpoint-4" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    for item in out.iterdir():
+        if not item.name.startswith(("checkpoint-", ".lfx_run_id")):
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
+    results = _pair(run, lambda rank: volume, str(_free_port()))
+    assert [code for code, _ in results] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
+    for _, log in results:
+        assert f"resuming from {out}/checkpoint-2" in log
+    assert (out / ".incomplete" / "checkpoint-4").is_dir() and not (out / ".incomplete" / "checkpoint-4.2").exists()
+    steps = [json.loads(line)["current_steps"] for line in (out / "trainer_log.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]  # fmt: skip
+    assert steps == [3, 4]
+
+
+def test_two_nodes_on_separate_volumes_each_save(two_node_recipe, tmp_path):
+    run = _render(two_node_recipe, tmp_path / "run", "--launcher", "torchrun")
+    results = _pair(run, lambda rank: tmp_path / f"node{rank}", str(_free_port()))
+    assert [code for code, _ in results] == [0, 0], results[0][1][-3000:]
+    assert all("each node has its own" in log for _, log in results)
+    for rank in (0, 1):
+        assert (tmp_path / f"node{rank}" / "output" / "checkpoint-2" / "trainer_state.json").is_file()

@@ -128,10 +128,12 @@ def test_a_plain_config_with_a_secret_stops_every_rank(where, tiny_llama3, tmp_p
 
 def test_the_redactor_the_background_log_goes_through():
     text = f"token={FAKE_TOKEN} gh={GITHUB_TOKEN} sk=sk-proj-{'x' * 24} commit 0123456789abcdef0123456789abcdef01234567\n"
+    text += f"logger {FAKE_LOGGER_KEY}\n"
     proc = subprocess.run([sys.executable, "-m", "llamafactory_ext.secrets", "redact"], input=text, capture_output=True,
-                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO), "SWANLAB_API_KEY": FAKE_LOGGER_KEY})  # fmt: skip
     assert proc.returncode == 0
     assert FAKE_TOKEN not in proc.stdout and GITHUB_TOKEN not in proc.stdout and "sk-proj" not in proc.stdout
+    assert FAKE_LOGGER_KEY not in proc.stdout  # a key in the environment is known, whatever its shape
     assert "0123456789abcdef0123456789abcdef01234567" in proc.stdout  # a commit hash is not a secret in a log
 
 
