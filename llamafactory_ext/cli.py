@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -45,6 +46,27 @@ class LfxGroup(click.Group):
             raise
         except click.UsageError as err:
             raise usage_error(err) from None
+        except click.exceptions.ClickException:
+            raise
+        except Exception as err:  # noqa: BLE001 (one line instead of a traceback; LFX_DEBUG=1 shows it)
+            if os.environ.get("LFX_DEBUG") or isinstance(err, click.exceptions.Exit):
+                raise
+            click.echo(f"error: {unexpected(err)}", err=True)
+            ctx.exit(2 if isinstance(err, INPUT_ERRORS) else 1)
+
+
+# What a damaged, missing or misplaced input raises from the libraries that read it (files, JSON, tensors,
+# model folders): the user's input to fix, so exit status 2 like every other bad input.
+INPUT_ERRORS = (OSError, UnicodeError, ValueError, KeyError, IndexError, RuntimeError)
+
+
+def unexpected(err: Exception) -> str:
+    """An exception no check of ours caught, as one line: the file it names and what went wrong."""
+    where = getattr(err, "filename", None)
+    text = getattr(err, "strerror", None) if isinstance(err, OSError) else None
+    text = " ".join((text or str(err) or type(err).__name__).split())[:400]
+    hint = "" if isinstance(err, INPUT_ERRORS) else " (unexpected: LFX_DEBUG=1 shows the traceback)"
+    return f"{where + ': ' if where else ''}{type(err).__name__}: {text}{hint}"
 
 
 def say_err(line: str) -> None:

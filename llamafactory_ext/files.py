@@ -75,7 +75,8 @@ def inside(base: str | Path, relative: str, where: str) -> Path:
 
 
 def refuse_overwrite(out: str | Path, inputs: list[str | Path], what: str = "output") -> None:
-    """An output path that is one of the command's own inputs (or holds one) would destroy it."""
+    """An output path that is one of the command's own inputs, holds one, or lies inside an input folder
+    would destroy or change that input."""
     out_path = Path(out).resolve()
     for item in inputs:
         if item is None:
@@ -83,6 +84,8 @@ def refuse_overwrite(out: str | Path, inputs: list[str | Path], what: str = "out
         source = Path(item).resolve()
         if out_path == source or out_path in source.parents:
             raise LfxError(f"{out}: the {what} would overwrite the input {item}; choose another path")
+        if source.is_dir() and source in out_path.parents:
+            raise LfxError(f"{out}: the {what} would be written into the input folder {item}; choose another path")
 
 
 class DuplicateKey(ValueError):

@@ -358,3 +358,293 @@ def test_bad_model_config(case, tiny_llama3, tmp_path):
     before = snapshot(tmp_path)
     _one_line_exit_2(lfx("check", str(path)), message)
     assert snapshot(tmp_path) == before
+
+
+# --- issue 21: round 2, by class --------------------------------------------------------------------------
+# Each case sets up one realistic mistake and names the command that meets it; every case gives one line,
+# exit status 2, and leaves every file it could have touched as it was.
+
+
+class Ctx:
+    """Lazy access to the fixtures a case needs."""
+
+    def __init__(self, request, tmp_path: Path):
+        self.request, self.tmp = request, tmp_path
+
+    def __getattr__(self, name: str):
+        fixture = {"tiny": "tiny_llama3", "data": "data_copy", "templates": "templates_copy", "merged": "merged_ironman"}[name]
+        return self.request.getfixturevalue(fixture)
+
+    @property
+    def adapter(self) -> Path:
+        return self.request.getfixturevalue("ironman_run")["adapter"]
+
+    def recipe(self, name: str = "r.yaml", **changes) -> Path:
+        recipe = tiny_recipe_dict(self.tiny)
+        for key, value in changes.items():
+            if value is None:
+                recipe.pop(key, None)
+            else:
+                recipe[key] = value
+        return write_recipe(self.tmp / name, recipe)
+
+    def info(self, name: str, entry: dict) -> None:
+        _write_info(self.data, name, entry)
+
+
+def _records_file(ctx: Ctx, name: str, text: str | bytes) -> Path:
+    path = ctx.data / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    return path
+
+
+CP949_JSONL = ('{"instruction": "토니, 자기소개 해줘", "input": "", "output": "나는 아이언맨이다."}\n').encode("cp949")
+UTF16_TEMPLATE = ("name: bad\nbase: llama3\ndefault_system: 토니\n").encode("utf-16")
+
+
+def _dataset_check(ctx: Ctx, dataset: str) -> list[str]:
+    return ["check", str(ctx.recipe(dataset=dataset))]
+
+
+BY_CLASS = {
+    # paths stay inside the folders the user named
+    "paths:file_name_with_dotdot": lambda c: (c.info("extra", {"file_name": "../extra.json"}), ["datasets", "check"],
+                                              "field 'file_name': '../extra.json' leads outside the dataset folder")[1:],
+    "paths:file_name_absolute": lambda c: (c.info("extra", {"file_name": str(c.tmp / "extra.json")}), ["datasets", "check"],
+                                           "is an absolute path: put the file beside dataset_info.json")[1:],
+    "paths:register_into_a_file": lambda c: ((c.tmp / "target").write_text("x"), ["datasets", "register", "--into", str(c.tmp / "target")],
+                                             "target: exists and is not a folder")[1:],
+    "paths:render_into_a_file": lambda c: ((c.tmp / "run").write_text("x"), ["render", str(c.recipe()), "-o", str(c.tmp / "run")],
+                                           "run: exists and is not a folder")[1:],
+    "paths:merge_into_the_adapter": lambda c: (["merge", str(c.adapter), "-o", str(c.adapter / "merged")],
+                                               "would be written into the input folder"),
+    "paths:merge_over_the_base": lambda c: (["merge", str(c.adapter), "-o", str(c.tiny), "--force"], "would overwrite the input"),
+    "paths:eval_out_is_a_file": lambda c: ((c.tmp / "eval.out").write_text("x"), ["eval", str(c.merged), "-o", str(c.tmp / "eval.out")],
+                                           "exists and is not a folder")[1:],
+    "paths:fetch_into_a_file": lambda c: ((c.tmp / "model").write_text("x"), ["fetch-model", "smollm2", str(c.tmp / "model")],
+                                          "model: exists and is not a folder")[1:],
+    "paths:subfolder_in_a_dataset_folder": lambda c: ((c.data / "extra" / "more").mkdir(parents=True), (c.data / "extra" / "a.json").write_text("[]"),
+                                                      c.info("extra", {"file_name": "extra"}), _dataset_check(c, "ironman,extra"),
+                                                      "a folder inside dataset folder 'extra'")[3:],
+    # refusals LLaMA-Factory makes at launch, made here
+    "launch:val_size_count_above_the_data": lambda c: (["check", str(c.recipe(val_size=100))], "field 'val_size': 100 of 66 records"),
+    "launch:val_size_leaving_no_training": lambda c: (["check", str(c.recipe(val_size=0.999))], "field 'val_size': 0.999 of 66 records"),
+    "launch:trailing_comma_in_dataset": lambda c: (["check", str(c.recipe(dataset="ironman,"))], "field 'dataset': 'ironman,' has an empty dataset name"),
+    "launch:val_size_with_eval_dataset": lambda c: (["check", str(c.recipe(val_size=0.1, eval_dataset="eco_multitask"))],
+                                                    "Cannot specify `val_size` if `eval_dataset` is not None (LLaMA-Factory refuses it at launch: llamafactory/hparams/data_args.py:163)"),
+    "launch:mask_history_with_train_on_prompt": lambda c: (["check", str(c.recipe(mask_history=True, train_on_prompt=True))],
+                                                           "`mask_history` is incompatible with `train_on_prompt`"),
+    "launch:interleave_probs_with_concat": lambda c: (["check", str(c.recipe(interleave_probs="0.5,0.5", dataset="ironman,eco_multitask"))],
+                                                      "`interleave_probs` is only valid for interleaved mixing"),
+    "launch:streaming_without_max_steps": lambda c: (["check", str(c.recipe(streaming=True, max_steps=None))],
+                                                     "field 'max_steps': streaming datasets have no length"),
+    "launch:dora_without_lora": lambda c: (["check", str(c.recipe(use_dora=True, finetuning_type="freeze"))],
+                                           "`use_dora` is only valid for LoRA training"),
+    "launch:resume_from_checkpoint_in_recipe": lambda c: (["check", str(c.recipe(resume_from_checkpoint="output/checkpoint-2"))],
+                                                          "field 'resume_from_checkpoint': set by the launcher"),
+    "launch:dataset_defined_twice": lambda c: ((c.data / "dataset_info.json").write_text(
+        (c.data / "dataset_info.json").read_text(encoding="utf-8").replace('"ironman": {', '"ironman": {"file_name": "ironman.json"},\n  "ironman": {', 1),
+        encoding="utf-8"), ["datasets", "check"], "field 'ironman': defined twice in one object")[1:],
+    # encodings: a Korean user's files from a legacy Windows tool
+    "encoding:cp949_jsonl_dataset": lambda c: (_records_file(c, "extra.jsonl", CP949_JSONL), c.info("extra", {"file_name": "extra.jsonl"}),
+                                               ["datasets", "check", "extra"], "looks like CP949/EUC-KR (Korean); convert it (iconv -f CP949")[2:],
+    "encoding:cp949_recipe": lambda c: ((c.tmp / "r.yaml").write_bytes("dataset: ironman\nrun_name: 토니\n".encode("cp949")),
+                                        ["check", str(c.tmp / "r.yaml")], "r.yaml: not UTF-8 (byte")[1:],
+    "encoding:utf16_template": lambda c: ((c.templates / "bad.yaml").write_bytes(UTF16_TEMPLATE), ["templates", "list"],
+                                          "bad.yaml: encoded as UTF-16, not UTF-8")[1:],
+    "encoding:cp949_prompts_file": lambda c: ((c.tmp / "prompts.txt").write_bytes("토니, 안녕?\n".encode("cp949")),
+                                              ["eval", str(c.merged), "--prompts", str(c.tmp / "prompts.txt"), "-o", str(c.tmp / "e")],
+                                              "prompts.txt: not UTF-8")[1:],
+    "encoding:cp949_dataset_info": lambda c: ((c.data / "dataset_info.json").write_bytes(
+        json.dumps({"아이언맨": {"file_name": "ironman.json"}}, ensure_ascii=False).encode("cp949")), ["datasets", "list"],
+        "dataset_info.json: not UTF-8")[1:],
+    # every input checked before any model loads or shard is written
+    "early:merge_unknown_template": lambda c: (["merge", str(c.adapter), "-o", str(c.tmp / "merged"), "--template", "llama3-persnoa"],
+                                               "unknown template 'llama3-persnoa'"),
+    "early:eval_tokenizer_without_chat_template": lambda c: (_strip_chat_template(c), ["eval", str(c.tmp / "plain"), "-o", str(c.tmp / "e"),
+                                                                                      "--prompts", _prompts(c)],
+                                                             "the tokenizer has no chat template")[1:],
+    "early:merge_damaged_adapter": lambda c: (_cut_adapter(c), ["merge", str(c.tmp / "cut"), "-o", str(c.tmp / "merged")],
+                                              "adapter_model.safetensors: cut short or damaged")[1:],
+    "early:eval_unreachable_url": lambda c: (["eval", str(c.merged), "--url", "http://127.0.0.1:9", "-o", str(c.tmp / "e"), "--prompts", _prompts(c)],
+                                             "http://127.0.0.1:9/v1/models: no answer within"),
+    "early:templates_show_with_a_model_folder_that_is_no_tokenizer": lambda c: ((c.tmp / "empty").mkdir(),
+                                                                                ["templates", "show", "llama3-persona", "--tokenizer", str(c.tmp / "empty")],
+                                                                                "--tokenizer: not a tokenizer folder")[1:],
+    # no input file or existing model overwritten without --force
+    "overwrite:compare_output_is_its_prompts_file": lambda c: ((c.tmp / "prompts.txt").write_text("토니?\n"),
+                                                               ["compare", "--before", str(c.tiny), "--after", str(c.merged), "--prompts",
+                                                                str(c.tmp / "prompts.txt"), "-o", str(c.tmp / "prompts.txt")], "already exists")[1:],
+    "overwrite:compare_output_exists": lambda c: ((c.tmp / "prompts.txt").write_text("토니?\n"), (c.tmp / "table.md").write_text("mine"),
+                                                  ["compare", "--before", str(c.tiny), "--after", str(c.merged), "--prompts",
+                                                   str(c.tmp / "prompts.txt"), "-o", str(c.tmp / "table.md")],
+                                                  "table.md: already exists (pass --force to replace it)")[2:],
+    "overwrite:compare_forced_over_its_input": lambda c: ((c.tmp / "prompts.txt").write_text("토니?\n"),
+                                                          ["compare", "--before", str(c.tiny), "--after", str(c.merged), "--prompts",
+                                                           str(c.tmp / "prompts.txt"), "-o", str(c.tmp / "prompts.txt"), "--force"],
+                                                          "the table would overwrite the input")[1:],
+    "overwrite:merge_over_an_existing_model": lambda c: ((c.tmp / "merged").mkdir(), (c.tmp / "merged" / "config.json").write_text("{}"),
+                                                         ["merge", str(c.adapter), "-o", str(c.tmp / "merged")], "already exists (pass --force")[2:],
+    "overwrite:register_over_a_different_file": lambda c: ((c.tmp / "lf").mkdir(), (c.tmp / "lf" / "ironman.json").write_text("[]"),
+                                                           ["datasets", "register", "--into", str(c.tmp / "lf"), "ironman"],
+                                                           "a different file is already there (use --force")[2:],
+    # silent surprises: refused or said
+    "surprise:json_record_with_a_key_twice": lambda c: (_records_file(c, "extra.json", '[{"instruction": "a", "output": "b", "output": "c"}]'),
+                                                        c.info("extra", {"file_name": "extra.json"}), ["datasets", "check", "extra"],
+                                                        "field 'output': defined twice in one object")[2:],
+    "surprise:jsonl_record_with_a_key_twice": lambda c: (_records_file(c, "extra.jsonl", '{"instruction": "a", "instruction": "b", "output": "c"}\n'),
+                                                         c.info("extra", {"file_name": "extra.jsonl"}), ["datasets", "check", "extra"],
+                                                         "extra.jsonl:1: field 'instruction': defined twice")[2:],
+}  # fmt: skip
+
+
+def _prompts(c: Ctx) -> str:
+    (c.tmp / "prompts.txt").write_text("토니, 자기소개 해줘\n", encoding="utf-8")
+    return str(c.tmp / "prompts.txt")
+
+
+def _strip_chat_template(c: Ctx) -> None:
+    shutil.copytree(c.merged, c.tmp / "plain")
+    config = json.loads((c.tmp / "plain" / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config.pop("chat_template", None)
+    (c.tmp / "plain" / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    (c.tmp / "plain" / "chat_template.jinja").unlink()
+
+
+def _cut_adapter(c: Ctx) -> None:
+    shutil.copytree(c.adapter, c.tmp / "cut")
+    weights = c.tmp / "cut" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+
+
+@pytest.mark.parametrize("case", sorted(BY_CLASS))
+def test_round_2_bad_input_by_class(case, request, tmp_path):
+    ctx = Ctx(request, tmp_path)
+    args, message = BY_CLASS[case](ctx)
+    folders = [tmp_path] + [request.getfixturevalue(f) for f in ("data_copy", "templates_copy") if f in request.fixturenames]
+    before = {str(f): snapshot(f) for f in folders}
+    extra = [request.getfixturevalue("merged_ironman"), request.getfixturevalue("ironman_run")["adapter"]] if case.startswith(
+        ("paths:merge", "overwrite:merge", "early:merge", "early:eval", "paths:eval")) else []  # fmt: skip
+    extra_before = {str(f): snapshot(f) for f in extra}
+    result = lfx(*args)
+    _one_line_exit_2(result, message)
+    assert {str(f): snapshot(f) for f in folders} == before
+    assert {str(f): snapshot(f) for f in extra} == extra_before
+    assert not [p for p in tmp_path.rglob("*") if ".partial" in p.name]
+
+
+# Settings in the scripts' environment: the dry run refuses exactly what the real run refuses.
+BAD_SCRIPT_ENV = {
+    "merge_flag_not_0_or_1": ({"MERGE": "yes"}, "MERGE='yes' must be 0 or 1"),
+    "upload_flag_not_0_or_1": ({"UPLOAD": "true"}, "UPLOAD='true' must be 0 or 1"),
+    "device_gpu": ({"LFX_DEVICE": "gpu"}, "LFX_DEVICE='gpu' is not cuda or cpu"),
+    "launcher_mpirun": ({"LAUNCHER": "mpirun"}, "LAUNCHER='mpirun' is not deepspeed or torchrun"),
+    "disk_not_a_number": ({"MIN_FREE_DISK_GB": "lots"}, "MIN_FREE_DISK_GB='lots' is not a whole number of GB"),
+    "timeout_zero": ({"LFX_RENDEZVOUS_TIMEOUT": "0"}, "LFX_RENDEZVOUS_TIMEOUT='0' is not a positive number of seconds"),
+    "hostfile_missing": ({"HOSTFILE": "/nonexistent/hostfile"}, "HOSTFILE='/nonexistent/hostfile' is not a file"),
+    "merged_dir_inside_output": ({"MERGED_DIR": "__OUT__/output/merged"}, "is inside the output folder"),
+    "hub_repo_shape": ({"HUB_REPO": "tony ironman"}, "HUB_REPO='tony ironman' is not USER/NAME"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SCRIPT_ENV))
+def test_script_settings_are_refused_alike_in_dry_and_real_runs(case, tiny_llama3, tmp_path):
+    import os
+    import subprocess
+
+    from conftest import BIN
+
+    run = tmp_path / "run"
+    assert lfx("render", str(write_recipe(tmp_path / "r.yaml", tiny_recipe_dict(tiny_llama3))), "-o", str(run)).exit_code == 0
+    settings, message = BAD_SCRIPT_ENV[case]
+    settings = {k: v.replace("__OUT__", str(tmp_path / "vol")) for k, v in settings.items()}
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "LFX_DEVICE": "cpu", "MIN_FREE_DISK_GB": "1",
+           "OUTPUT_ROOT": str(tmp_path / "vol"), **settings}  # fmt: skip
+    before = snapshot(run)
+    for script, flags in (("train_sft.sh", ["--dry-run"]), ("train_sft.sh", []), ("merge_upload.sh", ["--dry-run"])):
+        if script == "merge_upload.sh" and case in ("device_gpu", "launcher_mpirun", "disk_not_a_number", "timeout_zero", "hostfile_missing"):
+            continue  # settings only train_sft.sh reads
+        proc = subprocess.run([str(run / script), *flags], env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, (script, flags, proc.stdout[-1500:], proc.stderr[-1500:])
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (script, flags, proc.stderr)
+    assert snapshot(run) == before and not (tmp_path / "vol").exists()
+
+
+def test_round_2_catalog_size():
+    assert len(BY_CLASS) + len(BAD_SCRIPT_ENV) + len(ACCEPTED) + len(WARNED) >= 40
+
+
+# Forms LLaMA-Factory accepts, accepted here too (check passes, render writes the run folder).
+ACCEPTED = {
+    "dataset_as_a_yaml_list": {"dataset": ["ironman", "eco_multitask"]},
+    "lora_target_as_a_yaml_list": {"lora_target": ["q_proj", "v_proj"]},
+    "unquoted_exponent_learning_rate": "learning_rate: 1e-4",
+    "json_lines_in_a_json_file": "jsonl-in-json",
+    "utf8_bom_dataset": "bom",
+    "korean_and_spaces_in_paths": "korean-paths",
+}
+
+
+@pytest.mark.parametrize("case", sorted(ACCEPTED))
+def test_forms_llamafactory_accepts_are_accepted(case, tiny_llama3, data_copy, tmp_path):
+    change = ACCEPTED[case]
+    folder = tmp_path
+    recipe = tiny_recipe_dict(tiny_llama3)
+    if isinstance(change, dict):
+        recipe.update(change)
+    elif change == "learning_rate: 1e-4":
+        recipe.pop("learning_rate")
+    elif change == "jsonl-in-json":
+        records = _ironman(data_copy)
+        (data_copy / "lines.json").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n", encoding="utf-8")
+        _write_info(data_copy, "lines", {"file_name": "lines.json"})
+        recipe["dataset"] = "lines"
+    elif change == "bom":
+        (data_copy / "bom.json").write_bytes(b"\xef\xbb\xbf" + (data_copy / "ironman.json").read_bytes())
+        _write_info(data_copy, "bom", {"file_name": "bom.json"})
+        recipe["dataset"] = "bom"
+    elif change == "korean-paths":
+        folder = tmp_path / "내 실험 폴더"
+        (data_copy / "아이언맨 데이터.json").write_bytes((data_copy / "ironman.json").read_bytes())
+        _write_info(data_copy, "korean", {"file_name": "아이언맨 데이터.json"})
+        recipe["dataset"] = "korean"
+    path = write_recipe(folder / "recipe.yaml", recipe)
+    if change == "learning_rate: 1e-4":
+        path.write_text(path.read_text(encoding="utf-8") + "learning_rate: 1e-4\n", encoding="utf-8")
+    result = lfx("check", str(path))
+    assert result.exit_code == 0, result.output
+    run = folder / "run dir"
+    result = lfx("render", str(path), "-o", str(run))
+    assert result.exit_code == 0, result.output
+    if change == "bom":  # the snapshot LLaMA-Factory reads has no BOM (its JSON loader refuses one)
+        assert not (run / "data" / "bom.json").read_bytes().startswith(b"\xef\xbb\xbf")
+    if change == "learning_rate: 1e-4":
+        assert "learning_rate: 0.0001" in (run / "train.yaml").read_text(encoding="utf-8")
+
+
+# Settings that are accepted but would not do what they say: a one-line warning, and the command goes on.
+WARNED = {
+    "save_steps_without_saving": ({"save_strategy": "no", "save_steps": 10}, "field 'save_steps': save_strategy is \"no\""),
+    "eval_steps_without_evaluation": ({"eval_steps": 5}, "field 'eval_steps': eval_strategy is \"no\""),
+    "epochs_beside_max_steps": ({"num_train_epochs": 3.0}, "field 'num_train_epochs': max_steps 8 decides the length"),
+    "lora_rank_in_full_fine_tuning": ({"finetuning_type": "full", "lora_target": None, "lora_rank": 16},
+                                      "field 'lora_rank': finetuning_type is full: the LoRA settings"),
+    "preset_on_the_command_line_over_the_recipes_model": ("--preset", "--preset tiny-llama3 replaces model_name_or_path"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(WARNED))
+def test_ineffective_settings_are_warned_about_in_one_line(case, tiny_llama3, tmp_path):
+    changes, message = WARNED[case]
+    recipe = tiny_recipe_dict(tiny_llama3, max_steps=8)
+    args = []
+    if changes == "--preset":
+        args = ["--preset", "tiny-llama3"]
+    else:
+        for key, value in changes.items():
+            recipe.pop(key, None) if value is None else recipe.__setitem__(key, value)
+    path = write_recipe(tmp_path / "r.yaml", recipe)
+    result = lfx("render", str(path), "-o", str(tmp_path / "run"), *args) if args else lfx("check", str(path))
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert any(message in line and str(path) in line for line in warnings), result.stderr

@@ -92,12 +92,20 @@ def load_adapter(path: str | Path) -> Adapter:
 
     weights_path = path / "adapter_model.safetensors"
     if weights_path.is_file():
+        from .shards import problem
+
+        why = problem(weights_path)
+        if why:
+            raise LfxError(f"{weights_path}: {why}")
         from safetensors.torch import load_file
 
         state = load_file(str(weights_path))
     elif (path / "adapter_model.bin").is_file():
         weights_path = path / "adapter_model.bin"
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 (a cut or foreign pickle: the file to fix, named)
+            raise LfxError(f"{weights_path}: cannot be read ({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
     else:
         raise LfxError(f"{path}/adapter_model.safetensors: missing: the adapter has no weights file")
 

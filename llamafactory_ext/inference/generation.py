@@ -39,7 +39,10 @@ def load_tokenizer(folder: Path):
     """The tokenizer with its chat template, padding on the left for batches."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError, KeyError, TypeError) as err:  # missing or damaged tokenizer files
+        raise LfxError(f"{folder}: the tokenizer cannot be loaded ({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
     if not tokenizer.chat_template:
         raise LfxError(f"{folder}: the tokenizer has no chat template (merge with lfx merge to bake the persona's in)")
     tokenizer.padding_side = "left"
@@ -52,7 +55,10 @@ def load_model(folder: Path):
     from transformers import AutoModelForCausalLM
 
     cuda = torch.cuda.is_available()
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.bfloat16 if cuda else torch.float32)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.bfloat16 if cuda else torch.float32)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:  # missing or damaged weights or config
+        raise LfxError(f"{folder}: the model cannot be loaded ({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
     return model.to("cuda" if cuda else "cpu").eval()
 
 

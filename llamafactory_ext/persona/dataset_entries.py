@@ -105,6 +105,8 @@ def register_datasets(into: str | Path, names: list[str] | None = None, force: b
     from .dataset_records import check_entry
 
     into = Path(into)
+    if into.exists() and not into.is_dir():
+        raise LfxError(f"{into}: exists and is not a folder (--into names LLaMA-Factory's dataset folder)")
     chosen = select(load_entries(), names)
     for entry in chosen:
         check_entry(entry)

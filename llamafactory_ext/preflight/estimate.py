@@ -72,8 +72,10 @@ def lora_params(arch: Arch, args: dict[str, Any]) -> float:
     shapes = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
               "gate_proj": (h, inter), "up_proj": (h, inter), "down_proj": (inter, h),
               "qkv_proj": (h, h + 2 * kv), "gate_up_proj": (h, 2 * inter)}  # fmt: skip
-    target = str(args.get("lora_target", "all"))
-    names = LINEAR if target == "all" else [t.strip() for t in target.split(",") if t.strip() in shapes]
+    from ..recipe.schema import names as split_names
+
+    target = split_names(args.get("lora_target", "all"))
+    names = LINEAR if target == ["all"] else [t for t in target if t in shapes]
     rank = int(args.get("lora_rank", 8))
     return float(arch.num_hidden_layers * sum(rank * sum(shapes[n]) for n in names))
 

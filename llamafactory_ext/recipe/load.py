@@ -24,7 +24,7 @@ from ..paths import REPO_ROOT
 from ..persona.dataset_entries import dataset_names
 from ..secrets import refuse as refuse_secrets
 from ..validation import validate
-from .schema import LAUNCH_DEFAULTS, gpu_table, names, recipe_model
+from .schema import LAUNCH_DEFAULTS, gpu_table, ineffective, names, recipe_model
 
 PRESETS_FILE = REPO_ROOT / "launch" / "presets.yaml"
 RUN_RECIPE = "recipe.yaml"  # the resolved recipe in a rendered run folder
@@ -125,8 +125,11 @@ def load_recipe(path: str | Path, preset: str | None = None, launch: dict[str, A
     if launch:
         block = data.get("launch", {})
         data["launch"] = {**block, **launch} if isinstance(block, dict) else block
+    own = set(data) - {"preset", "launch"}  # what the user wrote (a preset's defaults are not surprises)
     data = _apply_preset(where, data, preset)
     model = validate(recipe_model(), data, where)
+    for line in ineffective({k: v for k, v in data.items() if k != "launch"}, own):
+        _warn(f"{where}: {line}")
     block = {**LAUNCH_DEFAULTS, **model.launch.model_dump()}
     args = {k: v for k, v in data.items() if k != "launch"}
     if block["global_batch_size"]:

@@ -64,7 +64,7 @@ class Launch(BaseModel):
 
 
 LAUNCH_DEFAULTS = Launch().model_dump()
-LAUNCHER_SET = ("deepspeed", "output_dir", "dataset_dir")  # train_sft.sh passes these
+LAUNCHER_SET = ("deepspeed", "output_dir", "dataset_dir", "resume_from_checkpoint")  # train_sft.sh passes these
 # option -> why it cannot run under DeepSpeed ZeRO-3: each one LLaMA-Factory 0.9.5 itself refuses, in
 # llamafactory/hparams/parser.py (_verify_model_args / get_train_args, lines 369-413).
 ZERO3_INCOMPATIBLE = {
@@ -107,7 +107,9 @@ class RecipeRules(BaseModel):
                 raise FieldProblem("", f"missing '{key}' (or a preset that sets it)")
         for key in LAUNCHER_SET:
             if getattr(self, key) is not None:
-                raise FieldProblem(key, "set by the launcher, remove it (use launch.zero_stage)")
+                how = {"deepspeed": "use launch.zero_stage", "resume_from_checkpoint": "train_sft.sh resumes from the newest "
+                       "complete checkpoint itself"}.get(key, "train_sft.sh sets it for the run's own folder")  # fmt: skip
+                raise FieldProblem(key, f"set by the launcher, remove it ({how})")
         if self.save_only_model:
             raise FieldProblem("save_only_model", "checkpoints without optimizer state cannot resume; train_sft.sh "
                                "resumes from the newest checkpoint (remove it)")  # fmt: skip
@@ -123,6 +125,14 @@ class RecipeRules(BaseModel):
         for key in ("dataset", "eval_dataset"):
             if any(not n for n in names(getattr(self, key))):
                 raise FieldProblem(key, f"{getattr(self, key)!r} has an empty dataset name (a stray comma?)")
+        return self
+
+    @model_validator(mode="after")
+    def streaming_needs_steps(self):
+        # llamafactory/hparams/parser.py:356-357: "Please specify `max_steps` in streaming mode."
+        if self.streaming and (self.max_steps is None or self.max_steps == -1):
+            raise FieldProblem("max_steps", "streaming datasets have no length: set max_steps (LLaMA-Factory refuses "
+                               "streaming without it at launch: llamafactory/hparams/parser.py:357)")  # fmt: skip
         return self
 
     @model_validator(mode="after")
@@ -220,3 +230,26 @@ def recipe_model() -> type[BaseModel]:
     fields: dict[str, Any] = {name: (field_type(name, tp), None) for name, tp in argument_types().items()}
     fields["launch"] = (Launch, Launch())
     return create_model("Recipe", __base__=RecipeRules, **fields)
+
+
+def ineffective(args: dict[str, Any], own: set[str]) -> list[str]:
+    """Settings the user wrote (`own`) that will not do what they say (each `field 'x': why`): warnings."""
+    found = []
+    strategy = str(args.get("save_strategy", "steps"))
+    if strategy == "no":
+        for key in ("save_steps", "save_total_limit"):
+            if key in own:
+                found.append(f"field '{key}': save_strategy is \"no\": no checkpoint is saved, so {key} does nothing "
+                             "(and a stopped run cannot resume)")  # fmt: skip
+    if "eval_steps" in own and str(args.get("eval_strategy", "no")) == "no":
+        found.append("field 'eval_steps': eval_strategy is \"no\", so nothing is evaluated during training (set "
+                     "eval_strategy: steps)")  # fmt: skip
+    if args.get("max_steps") not in (None, -1) and "num_train_epochs" in own:
+        found.append(f"field 'num_train_epochs': max_steps {args['max_steps']} decides the length; num_train_epochs "
+                     "is ignored")  # fmt: skip
+    if args.get("finetuning_type", "lora") not in ("lora", "oft"):
+        lora = [k for k in ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "use_rslora", "use_dora") if k in own]
+        if lora:
+            found.append(f"field '{lora[0]}': finetuning_type is {args.get('finetuning_type')}: the LoRA settings "
+                         f"({', '.join(lora)}) do nothing")  # fmt: skip
+    return found
