@@ -167,3 +167,77 @@ def test_dataset_language_must_be_one_lfx_eval_recognises(data_copy):
     result = lfx("datasets", "check")
     assert result.exit_code == 2
     assert "dataset 'ironman_en': field 'lfx.language': 'english' is not one of ko, en" in result.stderr
+
+
+LF_SPLIT = """
+import json, sys
+from llamafactory_ext.train import prepare
+from llamafactory.hparams import get_train_args
+from llamafactory.model import load_tokenizer
+from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
+
+config = prepare(json.loads(sys.argv[1]))
+model_args, data_args, training_args, finetuning_args, _ = get_train_args(config)
+module = load_tokenizer(model_args)
+template = get_template_and_fix_tokenizer(module["tokenizer"], data_args)
+dataset = get_dataset(template, model_args, data_args, training_args, stage="sft", **module)
+print(json.dumps([module["tokenizer"].decode(row["input_ids"]) for row in dataset["eval_dataset"]], ensure_ascii=False))
+"""
+
+
+def _folder_of_parquet(d: Path, records: list[dict]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (d / "parts").mkdir()
+    for i in range(3):
+        pq.write_table(pa.Table.from_pylist(records[i::3]), d / "parts" / f"part-{i}.parquet")
+
+
+def _csv(d: Path, records: list[dict]) -> None:
+    import csv
+
+    with open(d / "records.csv", "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["instruction", "input", "output"])
+        writer.writeheader()
+        writer.writerows({k: r.get(k, "") for k in ("instruction", "input", "output")} for r in records)
+
+
+# case -> (extra dataset entries and files, the run's arguments that shape the split)
+SPLITS = {
+    "num_samples_drawn_by_permutation": (lambda d, r: _entry(d, "sampled", {"file_name": "ironman.json", "num_samples": 40}),
+                                         {"dataset": "sampled", "val_size": 0.25}),
+    "num_samples_above_the_records_and_max_samples": (lambda d, r: _entry(d, "oversampled", {"file_name": "ironman.json", "num_samples": 80}),
+                                                      {"dataset": "oversampled,ironman", "val_size": 12, "max_samples": 50, "seed": 7}),
+    "csv_file": (lambda d, r: (_csv(d, r), _entry(d, "from_csv", {"file_name": "records.csv"})), {"dataset": "from_csv", "val_size": 0.2}),
+    "folder_of_parquet_files": (lambda d, r: (_folder_of_parquet(d, r), _entry(d, "parts", {"file_name": "parts"})),
+                                {"dataset": "parts", "val_size": 0.15, "seed": 3}),
+}  # fmt: skip
+
+
+def _entry(d: Path, name: str, entry: dict) -> None:
+    info = json.loads((d / "dataset_info.json").read_text(encoding="utf-8"))
+    info[name] = {**entry, "lfx": {"language": "ko"}}
+    write_json(d / "dataset_info.json", info)
+
+
+@pytest.mark.parametrize("case", sorted(SPLITS))
+def test_held_out_prompts_equal_the_split_llamafactory_makes(case, tiny_llama3, data_copy, tmp_path):
+    """lfx eval's held-out prompts against LLaMA-Factory's own get_dataset on the same arguments, for every
+    option that changes the split (num_samples, max_samples, seed, a count or a fraction) and file type."""
+    from llamafactory_ext.evaluation.heldout import held_out
+
+    make, shape = SPLITS[case]
+    make(data_copy, json.loads((data_copy / "ironman.json").read_text(encoding="utf-8")))
+    config = {"model_name_or_path": str(tiny_llama3), "stage": "sft", "do_train": True, "finetuning_type": "lora",
+              "template": "llama3-persona", "cutoff_len": 1024, "output_dir": str(tmp_path / "out"), "report_to": "none",
+              "dataset_dir": str(data_copy), "overwrite_output_dir": True, **shape}  # fmt: skip
+    env = {**__import__("os").environ, "LFX_DATASETS_DIR": str(data_copy)}
+    proc = subprocess.run([sys.executable, "-c", LF_SPLIT, json.dumps(config)], capture_output=True, text=True, timeout=300,
+                          env=env, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+    ours = held_out({"args": config}, tmp_path / "lfx_run.json").prompts
+    assert len(ours) == len(theirs) > 0
+    for prompt, text in zip(ours, theirs):
+        assert prompt.text in text and prompt.reference in text
