@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, lfx, tiny_recipe_dict, write_recipe
 
-from llamafactory_ext.run.pod_install import TORCH_INDEX, InstallError, Torch, plan
+from llamafactory_ext.run.pod_install import TORCH_INDEX, InstallError, Torch, install_plan
 
 POD_REPO = "/workspace/llamafactory-ext"
 PINNED = ["install", "--constraint", "TORCH_CONSTRAINT", "-e", POD_REPO]
@@ -31,34 +31,34 @@ PINNED = ["install", "--constraint", "TORCH_CONSTRAINT", "-e", POD_REPO]
     ],
 )
 def test_companions_come_from_the_index_of_the_pod_torch_build(version, cuda, expected):
-    assert plan(Torch(version, cuda, False, False), POD_REPO) == [expected, PINNED]
+    assert install_plan(Torch(version, cuda, False, False), POD_REPO) == [expected, PINNED]
 
 
 def test_importable_companions_are_left_alone():
-    assert plan(Torch("2.6.0+cu126", "12.6", True, True), POD_REPO) == [PINNED]
-    assert plan(Torch("2.6.0+cu126", "12.6", True, False), POD_REPO)[0][-1] == "torchvision==0.21.0"
+    assert install_plan(Torch("2.6.0+cu126", "12.6", True, True), POD_REPO) == [PINNED]
+    assert install_plan(Torch("2.6.0+cu126", "12.6", True, False), POD_REPO)[0][-1] == "torchvision==0.21.0"
 
 
 def test_ngc_build_is_refused_with_what_to_install():
     with pytest.raises(InstallError, match=r"torch 2.6.0a0\+ecf3bae40a.nv25.01 is not a PyTorch release build .* install the "
                                            "torchaudio and torchvision that came with this torch"):
-        plan(Torch("2.6.0a0+ecf3bae40a.nv25.01", "12.8", False, False), POD_REPO)
+        install_plan(Torch("2.6.0a0+ecf3bae40a.nv25.01", "12.8", False, False), POD_REPO)
     # NGC images ship torchaudio and torchvision: with both importable there is nothing to fetch.
-    assert plan(Torch("2.6.0a0+ecf3bae40a.nv25.01", "12.8", True, True), POD_REPO) == [PINNED]
+    assert install_plan(Torch("2.6.0a0+ecf3bae40a.nv25.01", "12.8", True, True), POD_REPO) == [PINNED]
 
 
 def test_no_torch_installs_the_pinned_cpu_triple_with_the_repo():
-    assert plan(None, POD_REPO) == [["install", "-e", f"{POD_REPO}[cpu]"]]
+    assert install_plan(None, POD_REPO) == [["install", "-e", f"{POD_REPO}[cpu]"]]
 
 
 def test_a_mirror_index_replaces_the_pytorch_one():
-    assert plan(Torch("2.6.0+cu126", "12.6", False, True), POD_REPO, "https://mirror.example/whl")[0][:4] == [
+    assert install_plan(Torch("2.6.0+cu126", "12.6", False, True), POD_REPO, "https://mirror.example/whl")[0][:4] == [
         "install", "--no-deps", "--index-url", "https://mirror.example/whl"]  # fmt: skip
 
 
 def test_torch_1_is_refused():
     with pytest.raises(InstallError, match="needs torch 2.x"):
-        plan(Torch("1.13.1+cu117", "11.7", False, False), POD_REPO)
+        install_plan(Torch("1.13.1+cu117", "11.7", False, False), POD_REPO)
 
 
 # The pod's torch, borrowed from this venv: torch and what it imports, but neither torchaudio,

@@ -68,7 +68,7 @@ def build_tag(torch: Torch) -> str:
     return "cpu"
 
 
-def plan(torch: Torch | None, repo: str, index: str | None = None) -> list[list[str]]:
+def install_plan(torch: Torch | None, repo: str, index: str | None = None) -> list[list[str]]:
     """The pip argument lists to run, in order (each after `python -m pip`)."""
     if torch is None:  # no torch at all: the pinned CPU triple with the repo (the `cpu` extra)
         return [["install", "-e", f"{repo}[cpu]"]]
@@ -100,7 +100,7 @@ def install(python: str, repo: str, dry_run: bool = False) -> None:
     import tempfile
 
     before = probe(python)
-    steps = plan(before, repo, os.environ.get("LFX_TORCH_INDEX") or None)
+    steps = install_plan(before, repo, os.environ.get("LFX_TORCH_INDEX") or None)
     with tempfile.TemporaryDirectory() as tmp:
         constraint = os.path.join(tmp, "torch-constraint.txt")
         if before is not None:
