@@ -16,6 +16,7 @@ import math
 import os
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +103,10 @@ def _merge_tensor(weight, pair: LoraPair):
     import torch
 
     merged = weight.to(torch.float32)
-    delta = pair.b.to(torch.float32) @ pair.a.to(torch.float32)
-    merged.add_(delta.T if pair.embedding else delta, alpha=pair.scale)
+    b, a = pair.b.to(torch.float32), pair.a.to(torch.float32)
+    if pair.embedding:  # the embedding's update is (B @ A).T = A.T @ B.T
+        b, a = a.T, b.T
+    merged.addmm_(b, a, alpha=pair.scale)  # in place: no second full-size matrix for the update
     return merged.to(weight.dtype)
 
 
@@ -118,16 +121,18 @@ def _write_shard(src: Path, dst: Path, adapter: Adapter) -> int:
     header = read_header(src)
     writer = ShardWriter(dst, _layout(header, adapter), {**header.metadata, "format": "pt"})
     try:
-        with open_shard(src) as f:
-            for entry in header.entries:
-                if entry.name in adapter.full:
-                    tensor = adapter.full[entry.name].to(torch_dtype(entry.dtype))
-                else:
+        for entry in header.entries:
+            if entry.name in adapter.full:
+                tensor = adapter.full[entry.name].to(torch_dtype(entry.dtype))
+            else:
+                # Opened per tensor: safe_open maps the file, and the pages a read touches stay resident until the
+                # map is closed; closing after each tensor keeps the peak at one tensor, not one shard.
+                with open_shard(src) as f:
                     tensor = f.get_tensor(entry.name)
-                if entry.name in adapter.pairs:
-                    tensor = _merge_tensor(tensor, adapter.pairs[entry.name])
-                writer.write(entry.name, tensor)
-                del tensor
+            if entry.name in adapter.pairs:
+                tensor = _merge_tensor(tensor, adapter.pairs[entry.name])
+            writer.write(entry.name, tensor)
+            del tensor
     except BaseException:
         writer.abort()  # the error that stopped the writing surfaces, not a complaint about missing tensors
         raise
@@ -163,9 +168,9 @@ def merge(adapter_dir: str | Path, out_dir: str | Path, base_arg: str | None = N
     check_not_stacked(adapter_path, record)
     template = template or (record.get("template") or {}).get("name")
     if template:
-        from ..persona.templates import get_template
+        from ..persona.templates import check_name
 
-        get_template(template)  # an unknown name stops here, before any shard is written
+        check_name(template, "--template")  # an unknown name stops here, before any shard is written
     base_name = base_arg or adapter.base_name
     if not base_name:
         raise LfxError(f"{adapter_path / ADAPTER_CONFIG}: field 'base_model_name_or_path': empty (pass --base)")
@@ -188,6 +193,11 @@ def merge(adapter_dir: str | Path, out_dir: str | Path, base_arg: str | None = N
         for item in sorted(base.iterdir()):
             if item.is_file() and not SKIP_BASE.match(item.name):
                 shutil.copyfile(item, tmp / item.name)
+        # The persona tokenizer needs LLaMA-Factory's template code (seconds of imports, one core): built beside
+        # the shards, which spend their time in torch and file I/O.
+        args = record.get("args") or {}
+        tokenizer_job = ThreadPoolExecutor(1).submit(write_persona_tokenizer, tmp, base, template,
+                                                     args.get("model_revision"), args.get("cache_dir"))  # fmt: skip
         touched = {weight_map[k] for k in (*adapter.pairs, *adapter.full)}
         shards = sorted(set(weight_map.values()))
         total = 0
@@ -203,7 +213,7 @@ def merge(adapter_dir: str | Path, out_dir: str | Path, base_arg: str | None = N
             atomic_write_text(tmp / INDEX, json.dumps(index, indent=2, sort_keys=True) + "\n")
         _resize_vocab(tmp, adapter)
         # Tokenizer files and stop metadata any consumer reads (transformers 4 and 5, vLLM, llama.cpp, TGI).
-        write_stop_ids(tmp, write_persona_tokenizer(tmp, base, template))
+        write_stop_ids(tmp, tokenizer_job.result())
         run_folder = record_path.parent if record_path else adapter_path
         for folder in dict.fromkeys((adapter_path, run_folder)):  # this run's files, never the base's
             for name in run_record.RUN_FILES:

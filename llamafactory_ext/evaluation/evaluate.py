@@ -45,13 +45,6 @@ def eval_set(target: Target, prompts_file: str | None) -> EvalSet:
     return evalset
 
 
-def _out_dir(out_dir: str | Path | None, target: Target) -> Path:
-    out = Path(out_dir) if out_dir else target.path
-    if out.exists() and not out.is_dir():
-        raise LfxError(f"{out}: exists and is not a folder (-o names the folder for eval.json, eval.md, eval.png)")
-    return out
-
-
 def evaluate(path: str | Path, base: str | None = None, prompts_file: str | None = None, url: str | None = None,
              max_new_tokens: int = 128, batch_size: int = 16, progress: Callable[[str], None] | None = None) -> dict:  # fmt: skip
     """The eval report (what eval.json holds)."""

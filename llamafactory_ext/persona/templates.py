@@ -110,6 +110,38 @@ def register_templates(directory: str | Path | None = None) -> list[str]:
     return sorted(built)
 
 
+def known_names() -> set[str]:
+    """Every template name a run may use, without importing LLaMA-Factory (seconds of imports): ours, and
+    LLaMA-Factory's built-ins as its template module registers them (`register_template(name="...")` at the
+    top level of llamafactory/data/template.py); the registry itself when that source cannot be read."""
+    import importlib.util
+    import re
+
+    ours = set(load_specs())
+    spec = importlib.util.find_spec("llamafactory")
+    source = Path(spec.origin).parent / "data" / "template.py" if spec and spec.origin else None
+    try:
+        builtins = set(re.findall(r'^register_template\(\n\s+name="([^"]+)"', source.read_text(encoding="utf-8"), re.M))
+    except (OSError, AttributeError):
+        builtins = set()
+    if not builtins:
+        from llamafactory.data.template import TEMPLATES
+
+        register_templates()
+        return set(TEMPLATES)
+    return ours | builtins
+
+
+def check_name(name: str, where: str) -> None:
+    """LfxError naming `where` unless `name` is a template a run may use (see known_names)."""
+    if name not in known_names():
+        from ..validation import did_you_mean
+
+        ours = sorted(load_specs())
+        raise LfxError(f"{where}: unknown template '{name}'" + did_you_mean(name, known_names(), "") +
+                       f" (ours: {', '.join(ours)}; or any LLaMA-Factory built-in)")  # fmt: skip
+
+
 def get_template(name: str):
     """A private copy of a registered template (LLaMA-Factory mutates the shared ones)."""
     from llamafactory.data.template import TEMPLATES
