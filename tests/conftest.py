@@ -277,7 +277,7 @@ def demo_run(tmp_path_factory) -> dict:
     from llamafactory_ext.fetch import fetch_model
 
     model, _ = fetch_model("smollm2", DEMO_MODEL_DIR)
-    run = tmp_path_factory.mktemp("demo") / "run"
+    run = tmp_path_factory.mktemp("demo_session") / "demo" / "run"  # as make demo's runs/demo/run: the run is 'demo'
     result = lfx("render", str(REPO / "launch" / "demo_smollm2.yaml"), "-o", str(run), "--preset", "smollm2-135m")
     assert result.exit_code == 0, result.output
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "LFX_DEVICE": "cpu", "MIN_FREE_DISK_GB": "1",
@@ -295,3 +295,20 @@ def demo_eval(demo_run, tmp_path_factory) -> dict:
                            "--max-new-tokens", "64"], cwd=REPO, capture_output=True, text=True, timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "eval.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def persona_export(real_tokenizer_run, lfx_cache, tmp_path_factory):
+    """family -> the folder `lfx export MERGED --format ollama` writes for real_tokenizer_run(family): the f16 GGUF,
+    the Modelfile and lfx_export.json (tests/test_export.py and tests/test_modelfile.py share it)."""
+    cache: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in cache:
+            out = tmp_path_factory.mktemp(f"export_{family}") / "ollama"
+            result = lfx("export", str(real_tokenizer_run(family)["merged"]), "--format", "ollama", "-o", str(out))
+            assert result.exit_code == 0, result.output
+            cache[family] = out
+        return cache[family]
+
+    return get

@@ -4,6 +4,7 @@ tests/ollama_render.go), next to the prompt LLaMA-Factory trains on."""
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import subprocess
@@ -76,15 +77,23 @@ def go_render(binary: Path, modelfile: Path, conversations: dict) -> dict:
     return json.loads(proc.stdout)
 
 
-def training_prompt(base: Path, template_name: str, messages: list[dict[str, str]]) -> tuple[str, list[int]]:
-    """The prompt LLaMA-Factory trains on for `messages` (ending with a user turn): its text and its ids."""
+@functools.lru_cache(maxsize=8)
+def _training_setup(base: str, template_name: str):
     from transformers import AutoTokenizer
 
-    from llamafactory_ext.templates import get_template, render_messages
+    from llamafactory_ext.templates import get_template
 
-    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    tokenizer = AutoTokenizer.from_pretrained(base)
     template = get_template(template_name)
-    template.fix_special_tokens(tokenizer)
+    template.fix_special_tokens(tokenizer)  # what LLaMA-Factory does to the base tokenizer before training
+    return tokenizer, template
+
+
+def training_prompt(base: Path, template_name: str, messages: list[dict[str, str]]) -> tuple[str, list[int]]:
+    """The prompt LLaMA-Factory trains on for `messages` (ending with a user turn): its text and its ids."""
+    from llamafactory_ext.templates import render_messages
+
+    tokenizer, template = _training_setup(str(base), template_name)
     system = messages[0]["content"] if messages[0]["role"] == "system" else None
     turns = messages[1:] if system else messages
     pairs = template.encode_multiturn(tokenizer, [*turns, {"role": "assistant", "content": ""}], system)
@@ -95,6 +104,7 @@ def training_prompt(base: Path, template_name: str, messages: list[dict[str, str
 
 
 def gguf_metadata(path: Path) -> dict:
-    from llamafactory_ext.export import GGUF_KEYS, gguf_fields
+    from llamafactory_ext.export import GGUF_KEYS
+    from llamafactory_ext.llamacpp_converter import gguf_fields
 
     return gguf_fields(path, (*GGUF_KEYS, "general.file_type", "general.base_model.0.organization"))

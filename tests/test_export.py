@@ -36,20 +36,6 @@ def export_ok(*args: str) -> Path:
     return Path(result.stdout.splitlines()[0].removeprefix("wrote "))
 
 
-@pytest.fixture(scope="module")
-def merged_gguf(real_tokenizer_run, lfx_cache, tmp_path_factory):
-    """family -> the GGUF `lfx export MERGED --format gguf` writes (f16)."""
-    cache: dict[str, Path] = {}
-
-    def get(family: str) -> Path:
-        if family not in cache:
-            out = tmp_path_factory.mktemp(f"gguf_{family}") / "gguf"
-            cache[family] = export_ok(str(real_tokenizer_run(family)["merged"]), "-o", str(out))
-        return cache[family]
-
-    return get
-
-
 def stop_id(base: Path, template_name: str) -> int:
     from transformers import AutoTokenizer
 
@@ -59,13 +45,12 @@ def stop_id(base: Path, template_name: str) -> int:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_the_gguf_carries_the_persona_and_llama_cpp_renders_the_training_prompt(family, real_tokenizer_run, merged_gguf,
-                                                                                llamacpp_python):  # fmt: skip
+def test_the_gguf_carries_the_persona_and_llama_cpp_renders_the_training_prompt(family, real_tokenizer_run,
+                                                                                persona_export, llamacpp_python):  # fmt: skip
     run = real_tokenizer_run(family)
-    gguf = merged_gguf(family)
     merged = run["merged"]
-    assert gguf.name == f"{run['merged'].parent.name}-f16.gguf"
-    assert sorted(p.name for p in gguf.parent.iterdir()) == sorted([gguf.name, "lfx_export.json"])
+    gguf = persona_export(family) / f"{merged.parent.name}-f16.gguf"  # f16 by default
+    assert sorted(p.name for p in gguf.parent.iterdir()) == sorted([gguf.name, "Modelfile", "lfx_export.json"])
 
     meta = gguf_metadata(gguf)
     config = json.loads((merged / "tokenizer_config.json").read_text(encoding="utf-8"))
@@ -87,13 +72,15 @@ def test_the_gguf_carries_the_persona_and_llama_cpp_renders_the_training_prompt(
     assert seen["completion"] == {"finish_reason": "stop", "tokens": 0, "content": ""}  # stopped on the first token
 
 
-def test_an_adapter_is_merged_first_into_the_same_gguf(real_tokenizer_run, merged_gguf, tmp_path):
-    """The run's adapter (output folder): merged shard-wise into a temporary folder, converted, the temporary
-    merge removed. The GGUF is byte for byte the merged folder's."""
+def test_an_adapter_is_merged_first_into_the_same_gguf(real_tokenizer_run, persona_export, tmp_path):
+    """The run's adapter (output folder), --format gguf: merged shard-wise into a temporary folder, converted, the
+    temporary merge removed. The GGUF is byte for byte the merged folder's."""
     run = real_tokenizer_run("llama3")
-    gguf = export_ok(str(run["adapter"]), "-o", str(tmp_path / "out"))
-    assert hashlib.sha256(gguf.read_bytes()).digest() == hashlib.sha256(merged_gguf("llama3").read_bytes()).digest()
+    gguf = export_ok(str(run["adapter"]), "--format", "gguf", "-o", str(tmp_path / "out"))
+    merged_gguf = persona_export("llama3") / gguf.name
+    assert hashlib.sha256(gguf.read_bytes()).digest() == hashlib.sha256(merged_gguf.read_bytes()).digest()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary merge or partial folder left
+    assert sorted(p.name for p in gguf.parent.iterdir()) == sorted([gguf.name, "lfx_export.json"])
     record = json.loads((tmp_path / "out" / "lfx_export.json").read_text(encoding="utf-8"))
     assert record["kind"] == "adapter" and record["converter"] == "llama-cpp-python==0.3.36"
 
@@ -103,8 +90,12 @@ def test_a_run_folder_q8_0_default_output_license_and_force(real_tokenizer_run, 
     folder = tmp_path / "qwen-tony"  # a run folder: merged/ inside, the GGUF goes to its gguf/
     shutil.copytree(run["merged"], folder / "merged")
     (folder / "merged" / "README.md").write_text("---\nlicense: apache-2.0\nbase_model: elsewhere/other\n---\n# card\n")
-    gguf = export_ok(str(folder), "--outtype", "Q8_0")
+    gguf = export_ok(str(folder), "--outtype", "Q8_0", "--format", "ollama")
     assert gguf == folder / "gguf" / "qwen-tony-q8_0.gguf"
+    assert "FROM ./qwen-tony-q8_0.gguf\n" in (gguf.parent / "Modelfile").read_text(encoding="utf-8")
+    record = json.loads((gguf.parent / "lfx_export.json").read_text(encoding="utf-8"))
+    assert record["template"] == "qwen-persona" and record["outtype"] == "q8_0" and record["num_ctx"] == 256
+    assert record["stop"] == ["<|im_end|>", "<|endoftext|>"] and record["kind"] == "merged"
     meta = gguf_metadata(gguf)
     assert meta["general.file_type"] == 7  # MOSTLY_Q8_0
     assert meta["general.license"] == "apache-2.0"  # from the model card; the base model is still the run's

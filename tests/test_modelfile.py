@@ -5,12 +5,10 @@ llama-server does, gets the training prompt's ids. Real Llama-3 and Qwen2.5 toke
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import pytest
-from conftest import lfx
 from gguf_consumers import build_go_renderer, gguf_metadata, go_render, llama_probe, training_prompt
 
 from llamafactory_ext.errors import LfxError
@@ -45,16 +43,14 @@ def expected_ollama_text(text: str, bos: str | None, adds_bos: bool) -> str:
 
 @pytest.mark.parametrize("family", ["llama3", "qwen2"])
 def test_the_modelfile_renders_the_training_prompt_in_go_and_llama_cpp_reads_it_as_trained(
-    family, real_tokenizer_run, lfx_cache, go_renderer, llamacpp_python, tmp_path
+    family, real_tokenizer_run, persona_export, go_renderer, llamacpp_python
 ):
     from transformers import AutoTokenizer
 
     from llamafactory_ext.templates import get_template
 
     run = real_tokenizer_run(family)
-    result = lfx("export", str(run["merged"]), "--format", "ollama", "-o", str(tmp_path / "ollama"))
-    assert result.exit_code == 0, result.output
-    out = tmp_path / "ollama"
+    out = persona_export(family)  # lfx export MERGED --format ollama
     name = run["merged"].parent.name
     assert sorted(p.name for p in out.iterdir()) == sorted(["Modelfile", f"{name}-f16.gguf", "lfx_export.json"])
 
@@ -94,20 +90,10 @@ def test_go_template_literals_and_modelfile_values_survive_ollamas_parser(go_ren
                      "two": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
                              {"role": "user", "content": "c"}]}  # fmt: skip
     seen = go_render(go_renderer, modelfile, conversations)
-    assert dict((c["name"], c["args"]) for c in seen["commands"])["system"] == system
+    assert {c["name"]: c["args"] for c in seen["commands"]}["system"] == system
     assert [c["args"] for c in seen["commands"] if c["name"] == "stop"] == ["</s>", '"q"']
     for name, messages in conversations.items():
         assert seen["prompts"][name] == fmt.render(messages, system), name
     for bad, why in (('say """hi"""', "ends a Modelfile value early"), ("a\u00a0b", "U+00A0"), ("zero\u200bwidth", "U+200B")):
         with pytest.raises(LfxError, match=re.escape(why)):
             check_modelfile_text(bad, "SYSTEM")
-
-
-def test_the_export_record(real_tokenizer_run, lfx_cache, tmp_path):
-    run = real_tokenizer_run("qwen2")
-    result = lfx("export", str(run["merged"]), "--format", "ollama", "--outtype", "q8_0", "-o", str(tmp_path / "o"))
-    assert result.exit_code == 0, result.output
-    record = json.loads((tmp_path / "o" / "lfx_export.json").read_text(encoding="utf-8"))
-    assert record["template"] == "qwen-persona" and record["outtype"] == "q8_0" and record["num_ctx"] == 256
-    assert record["stop"] == ["<|im_end|>", "<|endoftext|>"]
-    assert "ollama create" in result.stdout
