@@ -299,6 +299,9 @@ def export(target: str | Path, fmt: str = "gguf", outtype: str = "f16", out_dir:
         raise LfxError(f"{out}: already exists (pass --force to replace it)")
     if out.exists() and not out.is_dir():
         raise LfxError(f"{out}: exists and is not a folder")
+    for other in {source.given, source.model}:  # --force replaces OUT: never the model or a folder holding it
+        if out.resolve() == other.resolve() or out.resolve() in other.resolve().parents:
+            raise LfxError(f"{out}: would overwrite {other}; choose another output folder")
     if source.kind == "adapter":
         from .merge import resolve_base
 
