@@ -57,6 +57,8 @@ def test_the_demo_persona_survives_q8_0_in_llama_cpp_and_ollamas_template(demo_r
     from transformers import AutoTokenizer
 
     merged, base = demo_run["merged"], demo_run["model"]
+    # lfx fetch-model writes the tokenizer SmolLM2 has (byte-level BPE, byte_fallback false), as the GGUF below needs.
+    assert json.loads((base / "tokenizer.json").read_text(encoding="utf-8"))["model"]["byte_fallback"] is False
     result = lfx("export", str(merged), "--format", "ollama", "--outtype", "q8_0", "-o", str(tmp_path / "ollama"))
     assert result.exit_code == 0, result.output
     out = tmp_path / "ollama"
