@@ -24,6 +24,14 @@ $(STAMP): pyproject.toml
 	command -v shellcheck > /dev/null || apt-get install -y -q shellcheck > /dev/null \
 		|| (apt-get update -q > /dev/null && apt-get install -y -q shellcheck > /dev/null) \
 		|| echo "warning: could not install shellcheck (apt-get install shellcheck as root)"
+	@# The Ollama template tests render with Go's text/template (Ollama's engine); the llama.cpp tests compile
+	@# llama-cpp-python from its source with cmake and a C++ compiler.
+	command -v go > /dev/null || apt-get install -y -q golang-go > /dev/null \
+		|| (apt-get update -q > /dev/null && apt-get install -y -q golang-go > /dev/null) \
+		|| echo "warning: could not install Go (apt-get install golang-go as root)"
+	command -v cmake > /dev/null && command -v c++ > /dev/null || apt-get install -y -q cmake g++ > /dev/null \
+		|| (apt-get update -q > /dev/null && apt-get install -y -q cmake g++ > /dev/null) \
+		|| echo "warning: could not install cmake and g++ (apt-get install cmake g++ as root)"
 	touch $@
 
 # The bundled example, end to end on CPU: a real small model (SmolLM2-135M-Instruct, converted once from

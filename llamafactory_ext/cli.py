@@ -261,6 +261,26 @@ def portable_tokenizer(output_dir):
     click.echo(redo_output_tokenizer(output_dir))
 
 
+@main.command("export")
+@click.argument("target", metavar="RUN_OR_MODEL", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["gguf", "ollama"]), default="gguf", show_default=True,
+              help="gguf: one GGUF file; ollama: the GGUF and a Modelfile carrying the persona.")
+@click.option("--outtype", default="f16", show_default=True, help="f16, bf16 or q8_0 (4-bit: see ollama create --quantize).")
+@click.option("-o", "--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Output folder (default: the run's gguf/, or MODEL-gguf beside a model folder).")
+@click.option("--base", default=None, help="An adapter's base model, when not where adapter_config.json says.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+def export(target, fmt, outtype, out_dir, base, force):
+    """Convert a merged folder, a run folder or an adapter to GGUF with llama.cpp's own converter (and a Modelfile)."""
+    from .export.gguf import export as run_export
+
+    result = run_export(target, fmt, outtype, out_dir, force=force, base=base)
+    out = Path(result["out"])
+    click.echo(f"wrote {out / result['gguf']}")
+    if "modelfile" in result:
+        click.echo(f"wrote {out / result['modelfile']}; then: cd {out} && ollama create NAME -f Modelfile")
+
+
 @main.command()
 @click.argument("folder", type=click.Path(file_okay=False))
 @click.option("--repo", "repo_id", required=True, help="Hub repo USER/NAME.")

