@@ -164,7 +164,7 @@ def test_export_bad_input(tiny_llama3, lfx_cache, tmp_path):
     (taken / "keep.txt").write_text("mine")
     before = snapshot(tmp_path)
 
-    _refused([str(adapter), "-o", str(work / "a")], f"base model '{tmp_path / 'gone'}': no such folder (pass --base PATH)")
+    _refused([str(adapter), "-o", str(work / "a")], f"field 'base_model_name_or_path': '{tmp_path / 'gone'}': no such folder (pass --base PATH)")
     _refused([str(unsupported), "-o", str(work / "u")],
              "field 'architectures': 'PersonaNetForCausalLM' is not supported by llama.cpp's converter "
              "(llama-cpp-python==0.3.36)")  # fmt: skip
@@ -174,7 +174,7 @@ def test_export_bad_input(tiny_llama3, lfx_cache, tmp_path):
              "llama.cpp's compiled llama-quantize")  # fmt: skip
     _refused([str(tiny_llama3), "--outtype", "f64", "-o", str(work / "q")], "--outtype: 'f64' is not one of f16, bf16, q8_0")
     _refused([str(tiny_llama3), "-o", str(taken)], f"{taken}: already exists (pass --force to replace it)")
-    _refused([str(unsupported), "-o", str(work), "--force"], f"{work}: would overwrite {unsupported}")
+    _refused([str(unsupported), "-o", str(work), "--force"], f"{work}: the export would overwrite the input {unsupported}")
     _refused([str(no_tokenizer), "-o", str(work / "t")], f"{no_tokenizer}: no tokenizer files")
     _refused([str(tmp_path / "nowhere")], "folder not found")
     _refused([str(tiny_llama3), "--format", "ollama", "-o", str(work / "o")], "no persona template recorded")

@@ -286,14 +286,17 @@ def export(target: str | Path, fmt: str = "gguf", outtype: str = "f16", out_dir:
         raise LfxError(f"{out}: already exists (pass --force to replace it)")
     if out.exists() and not out.is_dir():
         raise LfxError(f"{out}: exists and is not a folder")
-    refuse_overwrite(out, [source.given, source.model], "export")  # --force replaces OUT: never the model
+    refuse_overwrite(out, [source.model], "export")  # --force replaces OUT: never the model, nor a folder above it
+    if out.resolve() == source.given.resolve() or out.resolve() in source.given.resolve().parents:
+        raise LfxError(f"{out}: the export would overwrite {source.given}; choose another output folder")
     if source.kind == "adapter":
         from ..artifact.merge import resolve_base
 
         base_name = base or source.base_name
         if not base_name:
             raise LfxError(f"{source.model}/adapter_config.json: field 'base_model_name_or_path': empty (pass --base)")
-        config_path = resolve_base(base_name, source.record) / "config.json"
+        where = "--base" if base else f"{source.model / 'adapter_config.json'}: field 'base_model_name_or_path'"
+        config_path = resolve_base(base_name, source.record, where) / "config.json"
         source.base_name = base_name
     else:
         check_tokenizer_files(source.model)
