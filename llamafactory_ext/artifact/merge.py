@@ -16,7 +16,6 @@ import math
 import os
 import re
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +25,15 @@ from ..models import resolve
 from ..run import record as run_record
 from .adapter import ADAPTER_CONFIG, Adapter, LoraPair, check_not_stacked, load_adapter
 from .shards import DTYPE_BYTES, Header, ShardWriter, open_shard, read_header, torch_dtype
-from .tokenizer_files import write_persona_tokenizer, write_stop_ids
+from .tokenizer_files import PERSONA_RECORD, recorded_persona_tokenizer, write_persona_tokenizer, write_stop_ids
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 # Base files that are weights (replaced by ours), that describe the base and not the merge, or that belong
 # to the run the base came from (a merged base carries its own run's record, plots and evaluation).
 SKIP_BASE = re.compile(r".*\.(safetensors|bin|pt|pth|h5|msgpack|onnx|gguf)$|^(README\.md|\.gitattributes|"
-                       + "|".join(re.escape(n) for n in (INDEX, run_record.MERGE_RECORD, *run_record.RUN_FILES)) + r")$")  # fmt: skip
+                       + "|".join(re.escape(n) for n in (INDEX, run_record.MERGE_RECORD, PERSONA_RECORD, *run_record.RUN_FILES))
+                       + r")$")  # fmt: skip
 
 
 def resolve_base(name: str, record: dict[str, Any] | None = None, where: str = "base model") -> Path:
@@ -193,11 +193,6 @@ def merge(adapter_dir: str | Path, out_dir: str | Path, base_arg: str | None = N
         for item in sorted(base.iterdir()):
             if item.is_file() and not SKIP_BASE.match(item.name):
                 shutil.copyfile(item, tmp / item.name)
-        # The persona tokenizer needs LLaMA-Factory's template code (seconds of imports, one core): built beside
-        # the shards, which spend their time in torch and file I/O.
-        args = record.get("args") or {}
-        tokenizer_job = ThreadPoolExecutor(1).submit(write_persona_tokenizer, tmp, base, template,
-                                                     args.get("model_revision"), args.get("cache_dir"))  # fmt: skip
         touched = {weight_map[k] for k in (*adapter.pairs, *adapter.full)}
         shards = sorted(set(weight_map.values()))
         total = 0
@@ -213,8 +208,16 @@ def merge(adapter_dir: str | Path, out_dir: str | Path, base_arg: str | None = N
             atomic_write_text(tmp / INDEX, json.dumps(index, indent=2, sort_keys=True) + "\n")
         _resize_vocab(tmp, adapter)
         # Tokenizer files and stop metadata any consumer reads (transformers 4 and 5, vLLM, llama.cpp, TGI).
-        write_stop_ids(tmp, tokenizer_job.result())
+        args = record.get("args") or {}
         run_folder = record_path.parent if record_path else adapter_path
+        recorded = recorded_persona_tokenizer(run_folder, template, base_name)
+        if recorded:  # the persona tokenizer training wrote for this template and base: the same files
+            files, stop_ids = recorded
+            for name in files:
+                shutil.copyfile(run_folder / name, tmp / name)
+        else:
+            stop_ids = write_persona_tokenizer(tmp, base, template, args.get("model_revision"), args.get("cache_dir"))
+        write_stop_ids(tmp, stop_ids)
         for folder in dict.fromkeys((adapter_path, run_folder)):  # this run's files, never the base's
             for name in run_record.RUN_FILES:
                 if (folder / name).is_file() and not (tmp / name).exists():

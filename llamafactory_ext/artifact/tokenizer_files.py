@@ -43,6 +43,7 @@ from ..models import CONFIG_FILES, TOKENIZER_FILES, resolve
 TOKENIZER_CONFIG = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
+PERSONA_RECORD = "lfx_tokenizer.json"  # what the output's persona tokenizer was built for, and its stop ids
 # Written by transformers 5 from the loading machine's state; meaningless anywhere else.
 MACHINE_LOCAL_KEYS = ("is_local", "local_files_only", "cache_dir", "_commit_hash", "backend")
 # transformers 5's generic fast tokenizer class; transformers 4 (and 5) know it as PreTrainedTokenizerFast.
@@ -198,10 +199,30 @@ def make_output_tokenizer_portable(output_dir: str | Path | None, base_model: st
     out = Path(output_dir)
     if not (out / TOKENIZER_CONFIG).is_file():
         return False
+    (out / PERSONA_RECORD).unlink(missing_ok=True)  # until the new files are whole, nothing vouches for them
     stop_ids = write_persona_tokenizer(out, base_model, template_name, revision, cache_dir)
     if (out / "config.json").is_file():  # a full fine-tune: the output folder is the model itself
         write_stop_ids(out, stop_ids)
+    files = [name for name in TOKENIZER_FILES if (out / name).is_file()]
+    atomic_write_text(out / PERSONA_RECORD, json.dumps({"template": template_name, "base_model": str(base_model),
+                                                        "stop_ids": stop_ids, "files": files}, indent=2) + "\n")  # fmt: skip
     return True
+
+
+def recorded_persona_tokenizer(folder: Path, template_name: str | None, base_model: str) -> tuple[list[str], list[int]] | None:
+    """(files, stop ids) of the persona tokenizer training wrote into `folder` for this template and base, when it
+    is there and whole (lfx_tokenizer.json, written after the files): `lfx merge` copies it instead of building it
+    again, which needs LLaMA-Factory's template code (10 s of imports)."""
+    path = folder / PERSONA_RECORD
+    if not path.is_file():
+        return None
+    record = read_json(path)
+    if not isinstance(record, dict) or record.get("template") != template_name or record.get("base_model") != str(base_model):
+        return None
+    files = record.get("files") or []
+    if TOKENIZER_CONFIG not in files or not all((folder / name).is_file() for name in files):
+        return None
+    return list(files), [int(i) for i in record.get("stop_ids") or []]
 
 
 def redo_output_tokenizer(output_dir: str | Path) -> str:

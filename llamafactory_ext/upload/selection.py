@@ -20,7 +20,8 @@ from ..secrets import HOW, find_in_text
 # Training state that is not part of a model: checkpoints, optimizer shards, pickles (training_args.bin keeps
 # every argument, tokens included), logs, local notes, the output's markers.
 IGNORE = ["checkpoint-*", "checkpoint-*/*", "global_step*", "global_step*/*", "*.pt", "*.pth", "*.pkl", "training_args.bin",
-          "README.md", ".*", "*/.*", "runs/*", "train.log", "hostfile*", "*.incomplete*", "eval.md"]  # fmt: skip
+          "README.md", ".*", "*/.*", "runs/*", "train.log", "hostfile*", "*.incomplete*", "eval.md",
+          "lfx_tokenizer.json"]  # fmt: skip
 # Our records and evaluation, rewritten portable (lfx_run.json, lfx_merge.json, eval.json).
 RECORDS = (run_record.RUN_RECORD, run_record.MERGE_RECORD, "eval.json")
 # Keys of model files that name where a model was loaded from (a path on the training machine).
