@@ -298,7 +298,7 @@ def test_merge_refuses_stacked_adapters(args, refused, adapter, tmp_path):
     (adapter / "lfx_run.json").write_text(json.dumps({"args": {"template": "llama3-persona", **args}, "zero_stage": 2}))
     if refused:
         first = args["adapter_name_or_path"].split(",")[0]
-        _refused([str(adapter), "-o", str(tmp_path / "out")], f"field 'adapter_name_or_path': this adapter was trained "
+        _refused([str(adapter), "-o", str(tmp_path / "out")], f"field 'args.adapter_name_or_path': this adapter was trained "
                  f"on the base with {first}", tmp_path)  # fmt: skip
     else:
         assert lfx("merge", str(adapter), "-o", str(tmp_path / "out")).exit_code == 0
@@ -316,7 +316,7 @@ def test_merge_refuses_a_truncated_or_corrupted_base_shard(damage, tiny_llama3, 
     data = shard.read_bytes()
     if damage == "truncated":
         shard.write_bytes(data[:-1000])
-        message = "truncated: the header needs"
+        message = "not a whole safetensors file (safetensors: incomplete metadata, file not fully covered"
     elif damage == "bad_offsets":
         size = int.from_bytes(data[:8], "little")
         header = json.loads(data[8 : 8 + size])
@@ -325,10 +325,10 @@ def test_merge_refuses_a_truncated_or_corrupted_base_shard(damage, tiny_llama3, 
         blob = json.dumps(header, separators=(",", ":")).encode().ljust(size)  # same length: only the offsets lie
         assert len(blob) == size
         shard.write_bytes(data[:8] + blob + data[8 + size :])
-        message = f"tensor '{name}'"
+        message = "not a whole safetensors file (safetensors: invalid shape, data type, or offset for tensor"
     else:
         shard.write_bytes(b"\x00" * 8 + data[8:])
-        message = "not a valid safetensors file"
+        message = "not a whole safetensors file (safetensors: invalid JSON in header"
     _refused([str(adapter), "-o", str(tmp_path / "out"), "--base", str(base), "--ignore-base-name"], message, tmp_path)
     assert shard.name in lfx("merge", str(adapter), "-o", str(tmp_path / "out"), "--base", str(base),
                              "--ignore-base-name").stderr  # fmt: skip
@@ -340,15 +340,15 @@ def test_an_interrupt_while_writing_surfaces_as_itself(tiny_llama3, tmp_path, mo
 
     base = _sharded_base(tiny_llama3, tmp_path)
     adapter = _make_adapter(base, tmp_path / "adapter", r=4, target_modules="all-linear")
-    real, calls = merge_module.read_tensor, []
+    real, calls = merge_module.open_shard, []
 
-    def interrupted(f, header, entry):
-        calls.append(entry.name)
+    def interrupted(path):  # the shard is opened once per tensor it reads
+        calls.append(path)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(f, header, entry)
+        return real(path)
 
-    monkeypatch.setattr(merge_module, "read_tensor", interrupted)
+    monkeypatch.setattr(merge_module, "open_shard", interrupted)
     with pytest.raises(KeyboardInterrupt):
         merge_module.merge(adapter, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -65,8 +65,9 @@ def open_shard(path: str | Path) -> Iterator[Any]:
     try:
         handle = safe_open(str(path), framework="pt")
     except SafetensorError as err:
-        raise LfxError(f"{path}: not a whole safetensors file ({' '.join(str(err).split())}; an interrupted download "
-                       "or copy? fetch it again)") from None  # fmt: skip
+        why = " ".join(str(err).split()).removeprefix("Error while deserializing header: ")
+        raise LfxError(f"{path}: not a whole safetensors file (safetensors: {why}; an interrupted download or copy? "
+                       "fetch it again)") from None  # fmt: skip
     with handle as f:
         yield f
 
