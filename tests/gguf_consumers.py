@@ -104,7 +104,7 @@ def training_prompt(base: Path, template_name: str, messages: list[dict[str, str
 
 
 def gguf_metadata(path: Path) -> dict:
-    from llamafactory_ext.export.gguf import GGUF_KEYS
     from llamafactory_ext.export.converter import gguf_fields
+    from llamafactory_ext.export.gguf import GGUF_KEYS
 
     return gguf_fields(path, (*GGUF_KEYS, "general.file_type", "general.base_model.0.organization"))

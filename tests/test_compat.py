@@ -10,20 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import CONVERSATIONS, REPO, USER
 
-USER = "토니, 자기소개 해줘"
-CONVERSATIONS = {
-    "one turn": [{"role": "user", "content": USER}],
-    "three turns": [
-        {"role": "user", "content": USER},
-        {"role": "assistant", "content": "나는 아이언맨이지. 천재, 억만장자, 플레이보이, 자선가."},
-        {"role": "user", "content": "슈트는 몇 벌이야?"},
-        {"role": "assistant", "content": "세는 걸 그만뒀어. 마크 85까지는 기억나."},
-        {"role": "user", "content": "아크 원자로는 뭐야?"},
-    ],
-    "own system prompt": [{"role": "system", "content": "You are Pepper Potts."}, {"role": "user", "content": USER}],
-}
 
 # Run under another python: prints what that environment's AutoTokenizer makes of a folder.
 TOKENIZER_PROBE = r"""

@@ -49,8 +49,9 @@ def test_eval_answers_the_held_out_split_three_ways_and_is_deterministic(split_r
     assert data["config"]["system_prompt"].startswith("당신은 아이언맨 토니 스타크")
     assert len(data["answers"]) == 14 and all(set(SYSTEMS) <= set(a) for a in data["answers"])
     # The held-out prompts are the very records LLaMA-Factory held out (its saved validation split), in order.
-    from datasets import load_from_disk
     from transformers import AutoTokenizer
+
+    from datasets import load_from_disk
 
     tokenizer = AutoTokenizer.from_pretrained(str(split_run["merged"]))
     validation = load_from_disk(str(split_run["tokenized"]))["validation"]

@@ -12,21 +12,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import lfx, snapshot
+from conftest import CONVERSATIONS, lfx, snapshot
 from gguf_consumers import gguf_metadata, llama_probe, training_prompt
 
-USER = "토니, 자기소개 해줘"
-CONVERSATIONS = {
-    "one turn": [{"role": "user", "content": USER}],
-    "three turns": [
-        {"role": "user", "content": USER},
-        {"role": "assistant", "content": "나는 아이언맨이지. 천재, 억만장자, 플레이보이, 자선가."},
-        {"role": "user", "content": "슈트는 몇 벌이야?"},
-        {"role": "assistant", "content": "세는 걸 그만뒀어. 마크 85까지는 기억나."},
-        {"role": "user", "content": "아크 원자로는 뭐야?"},
-    ],
-    "own system prompt": [{"role": "system", "content": "You are Pepper Potts."}, {"role": "user", "content": USER}],
-}
 FAMILIES = ["llama3", "qwen2"]
 
 

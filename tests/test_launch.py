@@ -14,7 +14,6 @@ from conftest import BIN, FAKE_TOKEN, REPO, lfx, snapshot
 from hub_standin import HubStandin
 
 
-
 def _render(recipe: Path, out: Path, *extra: str):
     return lfx("render", str(recipe), "-o", str(out), *extra, env={"HF_TOKEN": FAKE_TOKEN})
 

@@ -226,3 +226,23 @@ def test_hostfile_keeps_no_ssh_and_the_node_rank(tiny_llama3, tmp_path):
         assert f"--hostfile {hostfile} --no_ssh --node_rank {node}" in line, line
     missing = _train(run, "--dry-run", HOSTFILE=str(tmp_path / "nope"), OUTPUT_ROOT=str(tmp_path / "vol"))
     assert missing.returncode == 2 and "HOSTFILE=" in missing.stderr and "is not a file" in missing.stderr
+
+
+def test_qlora_is_checked_rendered_trained_on_cpu_and_merged_into_the_full_precision_base(tiny_llama3, tmp_path):
+    """quantization_bit 4 (bitsandbytes' 4-bit, which runs on CPU): `lfx check` passes it under ZeRO-3 as
+    LLaMA-Factory allows it, the generated script trains it (one gloo process) and merges the adapter into the
+    unquantized base, as QLoRA adapters are merged."""
+    recipe = _recipe(tiny_llama3, tmp_path, quantization_bit=4, save_steps=2)
+    result = lfx("check", str(recipe))
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "run"
+    _render(recipe, run)
+    assert "quantization_bit: 4" in (run / "train.yaml").read_text(encoding="utf-8")
+    proc = _train(run, MERGE="1")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    record = json.loads((run / "output" / "lfx_run.json").read_text(encoding="utf-8"))
+    assert record["args"]["quantization_bit"] == 4
+    from safetensors import safe_open
+
+    with safe_open(str(run / "merged" / "model.safetensors"), "pt") as f:  # the merged weights are full precision
+        assert all(f.get_slice(name).get_dtype() in ("F32", "BF16", "F16") for name in f.keys())

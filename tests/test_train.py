@@ -14,8 +14,8 @@ import pytest
 import torch
 from conftest import BIN, REPO, lfx, run_launcher, tiny_recipe_dict, train_config, write_recipe
 
-from llamafactory_ext.train import split_argv
 from llamafactory_ext.errors import LfxError
+from llamafactory_ext.train import split_argv
 
 IGNORE_INDEX = -100
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LfxError
-from ..files import atomic_write_text, dump_json, read_json, readable, refuse_overwrite
+from ..files import atomic_write_text, dump_json, read_json, readable, refuse_overwrite, replace_folder
 from ..models import resolve
 from ..run import record as run_record
 from .adapter import ADAPTER_CONFIG, Adapter, LoraPair, check_not_stacked, load_adapter
@@ -230,13 +230,7 @@ def merge(adapter_dir: str | Path, out_dir: str | Path, base_arg: str | None = N
         }))  # fmt: skip
         for item in tmp.iterdir():
             readable(item)
-        if out.exists():
-            old = parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_folder(tmp, out)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):  # disk full, quota, file size limit

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LfxError
+from ..inference.prompts import Prompt, record_prompt
 from ..paths import datasets_dir
 from ..persona.dataset_entries import INFO_FILE, DatasetEntry, dataset_names, load_entries
-from ..inference.prompts import Prompt, record_prompt
 
 
 @dataclass

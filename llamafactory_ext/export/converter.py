@@ -15,7 +15,6 @@ import ast
 import fcntl
 import os
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -25,6 +24,7 @@ from typing import Any
 
 from ..errors import LfxError
 from ..files import atomic_write_text, dump_json, read_json
+from ..pypi import download
 
 PACKAGE = "llama-cpp-python"
 VERSION = "0.3.36"
@@ -32,7 +32,6 @@ VENDORED = "vendor/llama.cpp/"
 KEEP_FILES = ("convert_hf_to_gguf.py", "LICENSE")
 KEEP_FOLDERS = ("conversion/", "gguf-py/")
 STAMP = ".lfx-converter.json"
-PIP_TIMEOUT_S = 900
 LOCK_WAIT_S = 900
 
 
@@ -70,21 +69,6 @@ def _extract(archive_path: Path, into: Path) -> None:
                     shutil.copyfileobj(src, dst)
 
 
-def _download(into: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--disable-pip-version-check",
-           "--quiet", "-d", str(into), pin()]  # fmt: skip
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise LfxError(f"pip download {pin()} (llama.cpp's converter): no answer in {PIP_TIMEOUT_S} s") from None
-    archives = sorted(into.glob("*.tar.gz"))
-    if proc.returncode != 0 or not archives:
-        errors = [line for line in proc.stderr.strip().splitlines() if not line.startswith("WARNING")]
-        last = (errors or ["no source archive downloaded"])[-1]
-        raise LfxError(f"pip download {pin()} (llama.cpp's converter) failed: {last}")
-    return archives[0]
-
-
 def converter_dir() -> Path:
     """The folder holding convert_hf_to_gguf.py, conversion/ and gguf-py/; fetched on first use."""
     root = cache_dir()
@@ -110,7 +94,7 @@ def converter_dir() -> Path:
             with tempfile.TemporaryDirectory(prefix=f".{folder.name}.partial-", dir=root) as tmp:
                 staged = Path(tmp) / "converter"
                 staged.mkdir()
-                archive = _download(Path(tmp) / "sdist")
+                archive = download(pin(), Path(tmp) / "sdist", source=True, what="llama.cpp's converter")
                 _extract(archive, staged)
                 if not (staged / "convert_hf_to_gguf.py").is_file() or not (staged / "gguf-py" / "gguf").is_dir():
                     raise LfxError(f"{archive.name}: no {VENDORED}convert_hf_to_gguf.py or gguf-py inside")

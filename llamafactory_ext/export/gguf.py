@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LfxError
-from ..files import atomic_write_text, dump_json, read_json, readable, refuse_overwrite
+from ..files import atomic_write_text, dump_json, read_json, readable, refuse_overwrite, replace_folder
 from ..models import hub_id, local_folder
 from ..run import record as run_record
 
@@ -276,8 +276,8 @@ def num_ctx(source: Source, model: Path) -> int:
 def export(target: str | Path, fmt: str = "gguf", outtype: str = "f16", out_dir: str | Path | None = None,
            force: bool = False, base: str | None = None, progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """Export `target` to `out_dir`; returns what was written (the export record)."""
-    from . import converter as llamacpp_converter
     from ..serve import run_name
+    from . import converter as llamacpp_converter
 
     outtype = check_options(fmt, outtype)
     source = resolve_source(target)
@@ -326,13 +326,7 @@ def export(target: str | Path, fmt: str = "gguf", outtype: str = "f16", out_dir:
         shutil.rmtree(tmp / "merged", ignore_errors=True)
         for item in tmp.iterdir():
             readable(item)
-        if out.exists():
-            old = parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LfxError
+from ..persona.templates import slot_text
 
 SENTINEL = "\x00LFX-CONTENT\x00"
 ROLE_FIELDS = ("format_system", "format_user", "format_assistant")
@@ -76,25 +77,10 @@ def _go_literal(text: str) -> str:
     return text.replace("{{", '{{ "{{" }}')
 
 
-def _slots_text(elements: list, tokenizer) -> str:
-    """LLaMA-Factory formatter output as text: strings, {"token": t}, {"bos_token"}/{"eos_token"} sets."""
-    out = []
-    for elem in elements:
-        if isinstance(elem, str):
-            out.append(elem)
-        elif isinstance(elem, dict):
-            out.append(str(elem.get("token", "")))
-        elif isinstance(elem, set):
-            name = "bos_token" if "bos_token" in elem else "eos_token"
-            if getattr(tokenizer, f"{name}_id", None) is not None:
-                out.append(getattr(tokenizer, name))
-    return "".join(out)
-
-
 def _around(template, field: str, tokenizer, where: str) -> tuple[str, str]:
     formatter = getattr(template, field)
-    text = _slots_text(formatter.apply(content=SENTINEL, idx="0"), tokenizer)
-    if text.count(SENTINEL) != 1 or _slots_text(formatter.apply(content=SENTINEL, idx="1"), tokenizer) != text:
+    text = slot_text(formatter.apply(content=SENTINEL, idx="0"), tokenizer)
+    if text.count(SENTINEL) != 1 or slot_text(formatter.apply(content=SENTINEL, idx="1"), tokenizer) != text:
         raise LfxError(f"{where}: field '{field}': a format that repeats the content or numbers the turns "
                        "has no Ollama translation (use --format gguf)")  # fmt: skip
     before, after = text.split(SENTINEL)
@@ -109,7 +95,7 @@ def chat_format(template, tokenizer, name: str, llama_cpp_adds_bos: bool) -> Cha
     if type(template) is not Template:  # Llama2Template folds the system into the first turn; reasoning templates add think tags
         raise LfxError(f"{where}: a LLaMA-Factory {type(template).__name__} has no Ollama translation here "
                        "(plain chat formats only: llama3, qwen, chatml, ...; use --format gguf)")  # fmt: skip
-    prefix = _slots_text(template.format_prefix.apply(), tokenizer)
+    prefix = slot_text(template.format_prefix.apply(), tokenizer)
     bos = tokenizer.bos_token if tokenizer.bos_token_id is not None else None
     if llama_cpp_adds_bos and bos and prefix.startswith(bos):
         prefix = prefix[len(bos):]

@@ -69,8 +69,9 @@ def _hf_load(where: str, *args, cache_dir: str | None = None, **kwargs) -> list:
     import logging
     import tempfile
 
-    from datasets import load_dataset
     from datasets.utils.logging import disable_progress_bar
+
+    from datasets import load_dataset
 
     disable_progress_bar()
     # A bad file makes `datasets` log an ERROR line before it raises; our one-line error says it instead.

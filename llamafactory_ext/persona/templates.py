@@ -153,7 +153,9 @@ def get_template(name: str):
     return copy.deepcopy(TEMPLATES[name])
 
 
-def _slot_text(elements: list, tokenizer) -> str:
+def slot_text(elements: list, tokenizer) -> str:
+    """LLaMA-Factory formatter output as text: strings, {"token": t}, {"bos_token"}/{"eos_token"} sets (shown as
+    {{bos_token}} without a tokenizer)."""
     out = []
     for elem in elements:
         if isinstance(elem, str):
@@ -200,7 +202,7 @@ def render_messages(template, messages: list[dict[str, str]], system: str | None
 
     Without a tokenizer, special-token slots show as {{bos_token}} / {{eos_token}}.
     """
-    return [_slot_text(elements, tokenizer) for elements in message_elements(template, messages, system)]
+    return [slot_text(elements, tokenizer) for elements in message_elements(template, messages, system)]
 
 
 SAMPLE_CONVERSATION = [

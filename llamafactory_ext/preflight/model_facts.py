@@ -53,12 +53,7 @@ def load_config(recipe, name: str):
 
 def load_class(config):
     """The Auto class LLaMA-Factory's loader picks for this config (llamafactory/model/loader.py, load_model)."""
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoModelForImageTextToText,
-        AutoModelForSeq2SeqLM,
-        AutoModelForTextToWaveform,
-    )
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoModelForSeq2SeqLM, AutoModelForTextToWaveform
 
     for cls in (AutoModelForImageTextToText, AutoModelForSeq2SeqLM, AutoModelForTextToWaveform, AutoModelForCausalLM):
         if type(config) in cls._model_mapping.keys():

@@ -29,13 +29,7 @@ UNIT_INTERVAL = ("warmup_ratio", "lora_dropout")  # [0, 1)
 @functools.cache
 def argument_types() -> dict[str, Any]:
     """Every argument LLaMA-Factory's parser accepts, with its dataclass annotation."""
-    from llamafactory.hparams import (
-        DataArguments,
-        FinetuningArguments,
-        GeneratingArguments,
-        ModelArguments,
-        TrainingArguments,
-    )
+    from llamafactory.hparams import DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments, TrainingArguments
 
     found: dict[str, Any] = {}
     for cls in (ModelArguments, DataArguments, FinetuningArguments, GeneratingArguments, TrainingArguments):
