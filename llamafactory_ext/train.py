@@ -134,6 +134,12 @@ def write_run_record(config: dict[str, Any], config_path: str | None = None) -> 
             "default_system": template.default_system,
             "stop_words": list(template.stop_words),
         }
+    if config_path:
+        from .run.identity import read_run_file
+
+        rendered = read_run_file(Path(config_path).parent)  # a run folder's run.json: the run's name and id
+        if rendered:
+            record["run"] = {"name": rendered.get("name"), "run_id": rendered.get("run_id")}
     recipe = Path(config_path).parent / "recipe.yaml" if config_path else None
     if recipe is not None and recipe.is_file():
         record["recipe"] = read_yaml(recipe)

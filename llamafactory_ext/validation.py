@@ -43,6 +43,16 @@ def _unwrap(tp: Any) -> Any:
     return tp
 
 
+def _literal_values(tp: Any) -> list[Any]:
+    """The values a Literal (also inside Optional or a union) allows."""
+    tp = _unwrap(tp)
+    if typing.get_origin(tp) is typing.Literal:
+        return list(typing.get_args(tp))
+    if _is_union(tp):
+        return [v for arm in typing.get_args(tp) for v in _literal_values(arm)]
+    return []
+
+
 def _is_union(tp: Any) -> bool:
     return typing.get_origin(tp) in (typing.Union, types.UnionType)
 
@@ -162,7 +172,7 @@ def message(model: type[BaseModel], err: ValidationError, data: Any, missing: di
     value = _value_at(data, path) if len(path) < len(loc) else first.get("input")
     where = f"field '{name}'"
     if kind in ("literal_error", "enum"):
-        choices = [str(c) for c in typing.get_args(_unwrap(tp))] or re.findall(r"'([^']*)'", first["ctx"].get("expected", ""))
+        choices = [str(c) for c in _literal_values(tp)] or re.findall(r"'([^']*)'", first["ctx"].get("expected", ""))
         listed = "the known values" if len(choices) > 8 else ", ".join(choices)
         return f"{where}: {value!r} is not one of {listed}" + did_you_mean(value, choices)
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):

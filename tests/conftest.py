@@ -298,7 +298,7 @@ def demo_run(tmp_path_factory) -> dict:
     does), trained on ironman_en through the generated train_sft.sh (2 gloo processes, ZeRO-3, merge), then
     `lfx eval` of the run folder, which finds the merged model on the volume. {"model", "run", "merged", "eval"}."""
     folder = tmp_path_factory.mktemp("demo_session")
-    run, workspace = folder / "demo" / "run", folder / "workspace"  # as make demo's runs/demo/run: the run is 'demo'
+    run, workspace = folder / "demo" / "run", folder / "workspace"  # as make demo's runs/demo/run
     workspace.mkdir()
     env = {**os.environ, "LFX_WORKSPACE": str(workspace), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(["make", "-C", str(REPO), "demo", f"VENV={BIN.parent}", f"DEMO_RUN={run}", f"DEMO_OUT={folder / 'demo'}"],

@@ -467,7 +467,7 @@ BY_CLASS = {
     "early:merge_damaged_adapter": lambda c: (_cut_adapter(c), ["merge", str(c.tmp / "cut"), "-o", str(c.tmp / "merged")],
                                               "adapter_model.safetensors: cut short or damaged")[1:],
     "early:eval_unreachable_url": lambda c: (["eval", str(c.merged), "--url", "http://127.0.0.1:9", "-o", str(c.tmp / "e"), "--prompts", _prompts(c)],
-                                             "http://127.0.0.1:9/v1/models: no answer within"),
+                                             "http://127.0.0.1:9/v1/models: nothing listens there"),
     "early:templates_show_with_a_model_folder_that_is_no_tokenizer": lambda c: ((c.tmp / "empty").mkdir(),
                                                                                 ["templates", "show", "llama3-persona", "--tokenizer", str(c.tmp / "empty")],
                                                                                 "--tokenizer: not a tokenizer folder")[1:],
@@ -645,6 +645,12 @@ def test_ineffective_settings_are_warned_about_in_one_line(case, tiny_llama3, tm
         for key, value in changes.items():
             recipe.pop(key, None) if value is None else recipe.__setitem__(key, value)
     path = write_recipe(tmp_path / "r.yaml", recipe)
-    result = lfx("render", str(path), "-o", str(tmp_path / "run"), *args) if args else lfx("check", str(path))
-    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
-    assert any(message in line and str(path) in line for line in warnings), result.stderr
+    if args:  # render: on stderr, after the whole recipe passed
+        result = lfx("render", str(path), "-o", str(tmp_path / "run"), *args)
+        warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    else:  # check: among the report's warnings (so --strict fails on them)
+        result = lfx("check", str(path), "--json")
+        warnings = [f"{f['where']}: {f['message']}" for f in json.loads(result.stdout)["findings"] if f["level"] == "warning"]
+        assert lfx("check", str(path), "--strict").exit_code == 1
+    assert result.exit_code == 0, result.output
+    assert any(message in line and str(path) in line for line in warnings), result.output

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from conftest import CONVERSATIONS, REPO, USER
 
-
 # Run under another python: prints what that environment's AutoTokenizer makes of a folder.
 TOKENIZER_PROBE = r"""
 import json, sys
@@ -237,7 +236,7 @@ def test_serve_bad_input(tiny_llama3, tmp_path, monkeypatch):
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "gone"), "r": 8}))
     (adapter / "adapter_model.safetensors").write_bytes(b"")
-    _serve_refused([str(adapter)], f"base model '{tmp_path / 'gone'}' not found (pass --base PATH)")
+    _serve_refused([str(adapter)], f"adapter_config.json: field 'base_model_name_or_path': '{tmp_path / 'gone'}': no such folder (pass --base PATH)")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

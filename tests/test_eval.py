@@ -143,7 +143,7 @@ def test_eval_bad_inputs_one_line_exit_2_nothing_written(split_run, ironman_run,
     _bad([merged, "--base", str(tiny_qwen2)], split_run["out"], "does not match")
     _bad([str(split_run["adapter"]), "--base", str(tiny_qwen2)], split_run["out"], "field 'model_type' is 'qwen2' in the base")
     # An endpoint that does not answer: bounded, one line.
-    _bad([merged, "--url", "http://127.0.0.1:9"], split_run["out"], "--url http://127.0.0.1:9: no OpenAI-compatible server")
+    _bad([merged, "--url", "http://127.0.0.1:9"], split_run["out"], "http://127.0.0.1:9/v1/models: nothing listens there (")
     # Not a model at all.
     _bad([str(tmp_path)], tmp_path, "neither a model folder")
 

@@ -62,7 +62,9 @@ def test_the_demo_persona_survives_q8_0_in_llama_cpp_and_ollamas_template(demo_r
     result = lfx("export", str(merged), "--format", "ollama", "--outtype", "q8_0", "-o", str(tmp_path / "ollama"))
     assert result.exit_code == 0, result.output
     out = tmp_path / "ollama"
-    gguf = out / "demo-q8_0.gguf"
+    name = json.loads((demo_run["run"] / "run.json").read_text(encoding="utf-8"))["name"]  # the run's name, not a folder's
+    assert name == "demo_smollm2"
+    gguf = out / f"{name}-q8_0.gguf"
 
     meta = gguf_metadata(gguf)
     stop_id = AutoTokenizer.from_pretrained(str(merged)).convert_tokens_to_ids("<|im_end|>")
@@ -70,7 +72,7 @@ def test_the_demo_persona_survives_q8_0_in_llama_cpp_and_ollamas_template(demo_r
     assert meta["tokenizer.chat_template"] == json.loads((merged / "tokenizer_config.json").read_text())["chat_template"]
     assert meta["tokenizer.ggml.eos_token_id"] == stop_id
     assert (meta["general.name"], meta["general.license"], meta["general.base_model.0.name"],
-            meta["general.base_model.0.organization"]) == ("demo", "Apache-2.0", "SmolLM2-135M-Instruct", "HuggingFaceTB")
+            meta["general.base_model.0.organization"]) == (name, "Apache-2.0", "SmolLM2-135M-Instruct", "HuggingFaceTB")
     assert meta["general.file_type"] == 7  # MOSTLY_Q8_0
 
     expected = {name: training_prompt(base, TEMPLATE, messages) for name, messages in CONVERSATIONS.items()}
@@ -86,7 +88,7 @@ def test_the_demo_persona_survives_q8_0_in_llama_cpp_and_ollamas_template(demo_r
     # num_ctx (the run's cutoff_len), against the transformers model's eval of the same held-out prompts.
     commands = {c["name"]: c["args"] for c in seen["commands"]}
     with open(tmp_path / "server.log", "w", encoding="utf-8") as log:
-        server, url = serve_gguf(llamacpp_python, gguf, "demo", int(commands["num_ctx"]), log)
+        server, url = serve_gguf(llamacpp_python, gguf, name, int(commands["num_ctx"]), log)
         try:
             proc = subprocess.run([sys.executable, "-m", "llamafactory_ext", "eval", str(merged), "--url", url,
                                    "-o", str(tmp_path / "eval"), "--max-new-tokens", "64"], cwd=REPO,

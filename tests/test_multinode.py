@@ -3,6 +3,7 @@ generated train_sft.sh trained for real by two loopback "nodes" of one gloo proc
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -13,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import BIN, lfx
+
+from llamafactory_ext.run import identity
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +119,9 @@ def test_nodes_that_would_resume_from_different_steps_refuse_each_other(two_node
     ckpt = tmp_path / "n0" / "output" / "checkpoint-2"
     ckpt.mkdir(parents=True)
     (ckpt / "trainer_state.json").write_text('{"global_step": 2}')
+    # node 0 trained this very run before (its output folder carries the run's id), node 1 never did
+    rid = json.loads((run / identity.RUN_FILE).read_text())["run_id"]
+    (ckpt.parent / identity.MARKER).write_text(rid + "\n")
     common = {"NNODES": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "LFX_RENDEZVOUS_TIMEOUT": "30",
               "LFX_SKIP_CHECK": "1"}  # fmt: skip
     nodes = [subprocess.Popen([str(run / "train_sft.sh")], env=_env(NODE_RANK=str(rank), OUTPUT_ROOT=str(tmp_path / f"n{rank}"), **common),

@@ -276,7 +276,7 @@ def num_ctx(source: Source, model: Path) -> int:
 def export(target: str | Path, fmt: str = "gguf", outtype: str = "f16", out_dir: str | Path | None = None,
            force: bool = False, base: str | None = None, progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """Export `target` to `out_dir`; returns what was written (the export record)."""
-    from ..serve import run_name
+    from ..run.record import model_name
     from . import converter as llamacpp_converter
 
     outtype = check_options(fmt, outtype)
@@ -307,7 +307,7 @@ def export(target: str | Path, fmt: str = "gguf", outtype: str = "f16", out_dir:
                        "the Ollama TEMPLATE is written from it; --format gguf writes the GGUF alone")  # fmt: skip
     converter = llamacpp_converter.converter_dir()
     check_architecture(config_path, llamacpp_converter.supported_architectures(converter), llamacpp_converter.pin())
-    name = run_name(source.model)
+    name = model_name(source.model)
 
     parent = out.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)

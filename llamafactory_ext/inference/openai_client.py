@@ -32,7 +32,11 @@ def _request(url: str, payload: dict | None, timeout: float) -> Any:
         raise LfxError(f"{url}: HTTP {err.code}: {detail}") from None
     except (urllib.error.URLError, OSError) as err:  # refused, DNS, timed out
         reason = getattr(err, "reason", None) or err
-        raise LfxError(f"{url}: no answer within {timeout:.0f} s ({reason}); is the server up (lfx serve)?") from None
+        if isinstance(reason, (TimeoutError, ConnectionRefusedError)) or "timed out" in str(reason):
+            what = "nothing listens there" if isinstance(reason, ConnectionRefusedError) else f"no answer within {timeout:.0f} s"
+        else:
+            what = "cannot reach it"
+        raise LfxError(f"{url}: {what} ({reason}); is the server up (lfx serve)?") from None
     except ValueError:
         raise LfxError(f"{url}: the answer is not JSON (not an OpenAI-compatible server?)") from None
 

@@ -66,6 +66,9 @@ def check(recipe_path: str | Path, *, preset: str | None = None, launch: dict | 
     cutoff = int(recipe.args.get("cutoff_len", 2048))
     report = Report(recipe=str(recipe.path), model=str(recipe.args["model_name_or_path"]),
                     template=recipe.args["template"], cutoff_len=cutoff)  # fmt: skip
+    for line in recipe.warnings:
+        where, _, message = line.partition(": ")
+        report.warn(where, message)
     entries = load_entries()
     names = list(dict.fromkeys(dataset_names(recipe.args["dataset"]) + dataset_names(recipe.args.get("eval_dataset"))))
     raw = {}

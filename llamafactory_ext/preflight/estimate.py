@@ -10,6 +10,7 @@ of the GPU's dense bf16 throughput. Prices and GPU specs are data: launch/gpus.y
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -264,6 +265,8 @@ def run(recipe_path: str, overrides: tuple[str, ...], gpus: int | None, gpu: str
     recipe = load_recipe(recipe_path, None, {"gpus": gpus} if gpus else None, overrides)
     tokens, source = mean_tokens(recipe)
     result = estimate(recipe, gpu=gpu, tokens=tokens, tokens_source=source)
+    for line in recipe.warnings:
+        print(f"warning: {line}", file=sys.stderr)
     if as_json:
         echo(json.dumps(result.to_dict(), indent=2))
     else:

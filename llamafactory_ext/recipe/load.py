@@ -13,8 +13,7 @@ Every command reads recipes through `load_recipe` (check, plan, render, train).
 from __future__ import annotations
 
 import re
-import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,9 @@ class Recipe:
     args: dict[str, Any]  # LLaMA-Factory arguments, as written (validated, not converted)
     launch: dict[str, Any]
     deepspeed_config: Path  # the run folder's ds_config.json for a rendered recipe, else ours for the stage
+    # Settings that do nothing, or that a --preset replaced: shown by each command once the whole recipe has
+    # passed (an error stays the one line it is).
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def datasets(self) -> list[str]:
@@ -76,11 +78,7 @@ def gpu_type(name: str, where: str = "--gpu-type") -> dict[str, Any]:
     return {"name": name, **table[name]}
 
 
-def _warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
-
-
-def _apply_preset(where: str, data: dict[str, Any], preset: str | None) -> dict[str, Any]:
+def _apply_preset(where: str, data: dict[str, Any], preset: str | None, warnings: list[str]) -> dict[str, Any]:
     """The recipe's own preset fills what the recipe leaves out; a preset named on the command line
     replaces the recipe's model (that is what it is asked for), with a warning naming what it replaced."""
     named = data.pop("preset", None)
@@ -99,7 +97,7 @@ def _apply_preset(where: str, data: dict[str, Any], preset: str | None) -> dict[
         return {**values, **data}
     replaced = [k for k in values if k in data and data[k] != values[k]]
     if replaced:
-        _warn(f"{where}: --preset {preset} replaces {', '.join(replaced)} set in the recipe")
+        warnings.append(f"{where}: --preset {preset} replaces {', '.join(replaced)} set in the recipe")
     return {**data, **values}
 
 
@@ -126,10 +124,10 @@ def load_recipe(path: str | Path, preset: str | None = None, launch: dict[str, A
         block = data.get("launch", {})
         data["launch"] = {**block, **launch} if isinstance(block, dict) else block
     own = set(data) - {"preset", "launch"}  # what the user wrote (a preset's defaults are not surprises)
-    data = _apply_preset(where, data, preset)
+    warnings: list[str] = []
+    data = _apply_preset(where, data, preset, warnings)
     model = validate(recipe_model(), data, where)
-    for line in ineffective({k: v for k, v in data.items() if k != "launch"}, own):
-        _warn(f"{where}: {line}")
+    warnings += [f"{where}: {line}" for line in ineffective({k: v for k, v in data.items() if k != "launch"}, own)]
     block = {**LAUNCH_DEFAULTS, **model.launch.model_dump()}
     args = {k: v for k, v in data.items() if k != "launch"}
     if block["global_batch_size"]:
@@ -137,7 +135,7 @@ def load_recipe(path: str | Path, preset: str | None = None, launch: dict[str, A
         args.setdefault("gradient_accumulation_steps", block["global_batch_size"] // (per_device * block["gpus"] * block["nodes"]))
     _check_registries(where, args)
     return Recipe(path=path, name=_run_name(path), args=args, launch=block,
-                  deepspeed_config=_deepspeed_config(where, path, block))  # fmt: skip
+                  deepspeed_config=_deepspeed_config(where, path, block), warnings=warnings)  # fmt: skip
 
 
 def _check_registries(where: str, args: dict[str, Any]) -> None:

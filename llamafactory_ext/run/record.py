@@ -20,6 +20,26 @@ RUN_FILES = (RUN_RECORD, "training_loss.png", "training_eval_loss.png", "trainer
              "train_results.json", "eval.json", "eval.md", "eval.png")  # fmt: skip
 
 
+# Folder names that say what a folder is, not which run: the model's name is found above them.
+GENERIC_NAMES = re.compile(r"^(output|outputs|merged|adapter|run|checkpoint-\d+)$")
+
+
+def model_name(folder: str | Path) -> str:
+    """The name a model folder is served and exported under: its run's name (run.json, kept in the run record,
+    so a run's outputs on a workspace volume are named like the run folder), else the nearest folder name that
+    is not generic (runs/ironman/merged -> ironman)."""
+    path = find(folder)
+    if path is not None:
+        run = (read_json(path) or {}).get("run") if path.is_file() else None
+        if isinstance(run, dict) and isinstance(run.get("name"), str) and run["name"]:
+            return run["name"]
+    resolved = Path(folder).resolve()
+    for part in (resolved, *resolved.parents):
+        if part.name and not GENERIC_NAMES.match(part.name):
+            return part.name
+    return "persona"
+
+
 def write(output_dir: str | Path, record: dict[str, Any]) -> Path:
     """Write the run record into `output_dir`, secrets dropped whatever they came from."""
     path = Path(output_dir) / RUN_RECORD

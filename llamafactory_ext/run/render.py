@@ -95,6 +95,8 @@ def render(recipe_path: str | Path, out_dir: str | Path, preset: str | None = No
     for name in SCRIPTS:
         written.append(_write(out / name, env.get_template(f"{name}.j2").render(**context)))
         (out / name).chmod(0o755)
+    for line in recipe.warnings:
+        say(f"warning: {line}")
     owner = identity.owner(out / "output")
     if owner not in (None, rid):
         say(f"warning: {out_dir}/output holds the outputs of run {owner}; this render is {rid}, and train_sft.sh will not "
