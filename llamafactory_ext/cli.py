@@ -149,9 +149,14 @@ def datasets_register(into, force, names):
 
 # --- recipe -> run ---------------------------------------------------------------------------------
 
+def recipe_arguments(command):
+    """RECIPE [key=value ...]: every command that reads a recipe takes it, and its overrides, the same way."""
+    command = click.argument("overrides", nargs=-1, type=click.UNPROCESSED)(command)
+    return click.argument("recipe", type=click.Path(dir_okay=False))(command)
+
+
 @main.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
-@click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
+@recipe_arguments
 @click.option("--preset", default=None, help="Model preset from launch/presets.yaml instead of the recipe's.")
 @click.option("--gpu-type", default=None, help="Target GPU type from launch/gpus.yaml (bf16 support).")
 @click.option("--max-cut", type=click.FloatRange(0, 1), default=0.01, show_default=True,
@@ -169,8 +174,7 @@ def check(recipe, overrides, preset, gpu_type, max_cut, as_json, strict):
 
 
 @main.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
-@click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
+@recipe_arguments
 @click.option("--gpus", type=click.IntRange(min=1), default=None, help="GPUs per node (default: the recipe's).")
 @click.option("--gpu-type", default=None, help="GPU type from launch/gpus.yaml (default: launch.gpu_type or A100-80GB-SXM).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
@@ -182,8 +186,7 @@ def plan(recipe, overrides, gpus, gpu_type, as_json):
 
 
 @main.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
-@click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
+@recipe_arguments
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Run folder to write (e.g. runs/ironman).")
 @click.option("--preset", default=None, help="Model preset from launch/presets.yaml instead of the recipe's.")
@@ -203,8 +206,7 @@ def render(recipe, overrides, out_dir, preset, gpus, nodes, zero_stage, launcher
 
 
 @main.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
-@click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
+@recipe_arguments
 @click.option("-o", "--out", "run_dir", default=None, type=click.Path(file_okay=False),
               help="Run folder to render into (default: runs/NAME, NAME the recipe's).")
 @click.option("--dry-run", is_flag=True, help="Render, then show what train_sft.sh would do; launch nothing.")

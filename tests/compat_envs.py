@@ -8,7 +8,7 @@
 - `llama-cpp-python`: a venv with llama-cpp-python 0.3.36 `[server]`, llama.cpp's runtime, compiled
   from that source distribution (no wheel is published) with the system's cmake and C/C++ compiler.
 
-They live in `$LFX_TEST_ENVS` (default `REPO/.envs/`, git-ignored). Each build runs under a file
+They live in `$LFX_TEST_ENVS` (default `~/.cache/llamafactory-ext/test-envs/`, outside the clone). Each build runs under a file
 lock, in a temporary folder renamed at the end, and leaves a stamp file naming what it installed:
 a second call (or a second pytest process) reuses it. A failed build raises `EnvBuildError` with
 the command's last output lines, so the test that needed it fails with the reason.
@@ -53,7 +53,12 @@ class EnvBuildError(RuntimeError):
 
 
 def envs_dir() -> Path:
-    return Path(os.environ.get("LFX_TEST_ENVS") or REPO / ".envs")
+    """Outside the clone, so a fresh clone on the same machine (CI's) reuses the environments instead of
+    compiling llama.cpp again: XDG's cache folder, as pip's own cache."""
+    if os.environ.get("LFX_TEST_ENVS"):
+        return Path(os.environ["LFX_TEST_ENVS"])
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "llamafactory-ext" / "test-envs"
 
 
 @contextmanager
@@ -94,6 +99,10 @@ def _build(name: str, what: str, steps) -> Path:
     root = envs_dir()
     folder = root / name
     stamp = folder / ".lfx-built.json"
+
+    # A venv is bound to the interpreter it was made from: another base python (another machine, an upgrade)
+    # rebuilds it.
+    what = f"{what} | {_base_python()} {sys.version.split()[0]}"
 
     def ready() -> bool:
         return stamp.is_file() and json.loads(stamp.read_text()).get("what") == what

@@ -51,6 +51,15 @@ def lfx(*args: str, env: dict | None = None):
     return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
 
 
+def one_line_error(exit_code: int, stderr: str, message: str = "") -> str:
+    """The project's rule for bad input: exit 2 and one line on stderr, `error: ...` containing `message`,
+    no traceback. Returns the line."""
+    lines = stderr.strip().splitlines()
+    assert exit_code == 2, stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], stderr
+    return lines[0]
+
+
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under `folder` with its bytes, to prove a failed command wrote nothing."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import lfx, snapshot, tiny_recipe_dict, write_recipe
+from conftest import lfx, one_line_error, snapshot, tiny_recipe_dict, write_recipe
 from test_datasets import BAD_DATASETS
 from test_templates import BAD_TEMPLATES
 
@@ -82,9 +82,7 @@ BAD_RECIPE_FILES = {
 
 
 def _one_line_exit_2(result, message: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    one_line_error(result.exit_code, result.stderr, message)
 
 
 @pytest.mark.parametrize("case", sorted(BAD_RECIPES))

@@ -212,12 +212,10 @@ def test_vllm_serves_the_adapter_over_its_base_through_lfx_serve(real_tokenizer_
 
 
 def _serve_refused(args: list[str], message: str) -> None:
-    from conftest import lfx
+    from conftest import lfx, one_line_error
 
     result = lfx("serve", *args)
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    one_line_error(result.exit_code, result.stderr, message)
 
 
 def test_serve_bad_input(tiny_llama3, tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ import dataclasses
 import json
 
 import pytest
-from conftest import REPO, lfx, snapshot, write_json
+from conftest import REPO, lfx, one_line_error, snapshot, write_json
 
 from llamafactory_ext.persona.dataset_entries import COLUMN_KEYS, ENTRY_KEYS, TAG_KEYS, load_entries
 
@@ -201,10 +201,7 @@ def test_bad_dataset_is_one_clear_line_exit_2_nothing_written(case, data_copy, t
     breaker(data_copy)
     before = snapshot(data_copy)
     check = lfx("datasets", "check")
-    assert check.exit_code == 2
-    lines = check.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), check.stderr
-    assert message in lines[0], lines[0]
+    one_line_error(check.exit_code, check.stderr, message)
 
     target = tmp_path / "target"
     target.mkdir()

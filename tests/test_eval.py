@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, lfx, run_launcher, snapshot, train_config, write_json
+from conftest import REPO, lfx, one_line_error, run_launcher, snapshot, train_config, write_json
 
 from llamafactory_ext.evaluation.report import SYSTEMS
 
@@ -121,10 +121,7 @@ def _bad(args: list[str], folder: Path, message: str) -> None:
     before = snapshot(folder)
     proc = subprocess.run([str(Path(sys.executable).parent / "lfx"), "eval", *args], capture_output=True, text=True,
                           timeout=120)  # fmt: skip
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
-    assert "Traceback" not in proc.stderr
+    one_line_error(proc.returncode, proc.stderr, message)
     assert snapshot(folder) == before
 
 

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import CONVERSATIONS, lfx, snapshot
+from conftest import CONVERSATIONS, lfx, one_line_error, snapshot
 from gguf_consumers import gguf_metadata, llama_probe, training_prompt
 
 FAMILIES = ["llama3", "qwen2"]
@@ -126,9 +126,7 @@ def test_a_tokenizer_llama_cpp_would_misread_is_refused(real_tokenizer_run, lfx_
 
 def _refused(args: list[str], message: str) -> None:
     result = lfx("export", *args)
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    one_line_error(result.exit_code, result.stderr, message)
 
 
 def test_export_bad_input(tiny_llama3, lfx_cache, tmp_path):

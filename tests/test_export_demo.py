@@ -16,6 +16,7 @@ import urllib.error
 from conftest import REPO, lfx
 from gguf_consumers import build_go_renderer, gguf_metadata, go_render, llama_probe, training_prompt
 
+# conftest.CONVERSATIONS in English: the demo persona is trained on ironman_en.
 USER = "Tony, who are you?"
 CONVERSATIONS = {
     "one turn": [{"role": "user", "content": USER}],

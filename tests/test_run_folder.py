@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import BIN, FAKE_TOKEN, REPO, lfx, snapshot, tiny_recipe_dict, write_recipe
+from conftest import BIN, FAKE_TOKEN, REPO, lfx, one_line_error, snapshot, tiny_recipe_dict, write_recipe
 from hub_standin import HubStandin
 
 
@@ -68,9 +68,7 @@ def test_lfx_train_bad_input_is_one_line_and_writes_nothing(case, tiny_llama3, t
     before = snapshot(tmp_path)
     overrides, message = BAD_TRAIN[case]
     result = lfx("train", str(recipe), *overrides, "-o", str(tmp_path / "run"))
-    assert result.exit_code == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    one_line_error(result.exit_code, result.stderr, message)
     assert snapshot(tmp_path) == before and not (tmp_path / "run").exists()
 
 

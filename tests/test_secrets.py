@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import BIN, FAKE_LOGGER_KEY, FAKE_TOKEN, REPO, lfx, snapshot, tiny_recipe_dict, write_recipe
+from conftest import BIN, FAKE_LOGGER_KEY, FAKE_TOKEN, REPO, lfx, one_line_error, snapshot, tiny_recipe_dict, write_recipe
 from hub_standin import HubStandin
 
 GITHUB_TOKEN = "ghp_" + "R2d2C3poBb8LeiaSkywalkerHanSolo4Chewie"
@@ -27,11 +27,9 @@ def _env(**extra: str) -> dict[str, str]:
 
 def _refused(result, where: str, field: str, *values: str) -> None:
     """One line, exit 2, naming the file and the field, never the value, saying where tokens come from."""
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert where in lines[0] and f"field '{field}'" in lines[0], lines[0]
-    assert "HF_TOKEN" in lines[0] and "hf auth login" in lines[0]
+    line = one_line_error(result.exit_code, result.stderr)
+    assert where in line and f"field '{field}'" in line, line
+    assert "HF_TOKEN" in line and "hf auth login" in line
     for value in values:
         assert value not in result.output
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from conftest import lfx, snapshot
+from conftest import lfx, one_line_error, snapshot
 from transformers import AutoTokenizer
 
 import llamafactory_ext
@@ -138,10 +138,7 @@ def test_bad_template_file_is_one_clear_line_and_exit_2(case, text, message, tem
     (templates_copy / "bad.yaml").write_text(text, encoding="utf-8")
     before = snapshot(templates_copy)
     result = lfx("templates", "list")
-    assert result.exit_code == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "bad.yaml" in lines[0], result.stderr
-    assert message in lines[0]
+    assert "bad.yaml" in one_line_error(result.exit_code, result.stderr, message)
     assert snapshot(templates_copy) == before
 
 
