@@ -58,8 +58,11 @@ train: install
 	@if command -v nvidia-smi > /dev/null 2>&1; then PATH="$(abspath $(BIN)):$$PATH" $(RUN_DIR)/train_sft.sh; \
 	else echo "No GPU here: rendered $(RUN_DIR)/train_sft.sh; run it on a GPU pod (or LFX_DEVICE=cpu for a CPU smoke run)."; fi
 
+# Two workers (pytest-xdist; tests/conftest.py keeps the tests that share a long fixture in one worker);
+# TEST_WORKERS=0 runs them in one process.
+TEST_WORKERS ?= 2
 test: install
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest tests
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest tests -n $(TEST_WORKERS) --durations=25
 
 bench: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python tests/benchmarks/bench_cli_startup.py

@@ -106,7 +106,8 @@ def tiny_recipe(tiny_llama3, tmp_path_factory):
 
 @pytest.mark.parametrize("launcher", ["torchrun", "deepspeed"])
 def test_generated_script_trains_zero3_on_2_processes_then_merges_and_uploads(launcher, tiny_recipe, tmp_path):
-    """torchrun: train, merge, upload to a local stand-in Hub server; deepspeed: train and merge."""
+    """torchrun: train, merge, upload to a local stand-in Hub server; deepspeed: train and merge (the deepspeed
+    launcher appends --local_rank to every rank's arguments, which the entry point consumes)."""
     run = tmp_path / "run"
     assert _render(tiny_recipe, run, "--launcher", launcher).exit_code == 0
     with HubStandin() as hub:

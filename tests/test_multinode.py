@@ -41,7 +41,9 @@ def _render(recipe: Path, run: Path, *extra: str) -> Path:
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("MASTER_ADDR", "MASTER_PORT", "NNODES", "NODE_RANK", "WORLD_SIZE", "NPROC_PER_NODE")}  # fmt: skip
-    env.update(PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", LFX_DEVICE="cpu", MIN_FREE_DISK_GB="1", PYTHONUNBUFFERED="1")
+    # Each node's `lfx check` step is tested in test_launch.py and by the demo; here the nodes' meeting is.
+    env.update(PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", LFX_DEVICE="cpu", MIN_FREE_DISK_GB="1", PYTHONUNBUFFERED="1",
+               LFX_SKIP_CHECK="1")  # fmt: skip
     env.update(extra)
     return env
 
@@ -81,7 +83,7 @@ def test_bad_node_settings_refused_at_once_before_anything(case, two_node_recipe
 def test_a_worker_whose_primary_never_comes_refuses_within_the_timeout(two_node_recipe, tmp_path):
     run = _render(two_node_recipe, tmp_path / "run")
     env = _env(NNODES="2", NODE_RANK="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="1", LFX_RENDEZVOUS_TIMEOUT="3",
-               LFX_SKIP_CHECK="1", OUTPUT_ROOT=str(tmp_path / "vol"))  # fmt: skip
+               OUTPUT_ROOT=str(tmp_path / "vol"))  # fmt: skip
     start = time.monotonic()
     proc = _script(run, env)
     assert proc.returncode == 2 and time.monotonic() - start < 30
@@ -92,7 +94,7 @@ def test_a_worker_whose_primary_never_comes_refuses_within_the_timeout(two_node_
 def test_a_primary_whose_workers_never_come_refuses_within_the_timeout(two_node_recipe, tmp_path):
     run = _render(two_node_recipe, tmp_path / "run")
     env = _env(NNODES="2", NODE_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
-               LFX_RENDEZVOUS_TIMEOUT="3", LFX_SKIP_CHECK="1", OUTPUT_ROOT=str(tmp_path / "vol"))  # fmt: skip
+               LFX_RENDEZVOUS_TIMEOUT="3", OUTPUT_ROOT=str(tmp_path / "vol"))  # fmt: skip
     proc = _script(run, env)
     assert proc.returncode == 2
     assert "node(s) 1 did not join within 3 s" in proc.stderr
@@ -103,7 +105,7 @@ def test_nodes_started_from_different_renders_refuse_each_other(two_node_recipe,
     first = _render(two_node_recipe, tmp_path / "a")
     second = _render(two_node_recipe, tmp_path / "b", "learning_rate=5e-4")
     port = str(_free_port())
-    common = {"NNODES": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "LFX_RENDEZVOUS_TIMEOUT": "30", "LFX_SKIP_CHECK": "1"}
+    common = {"NNODES": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "LFX_RENDEZVOUS_TIMEOUT": "30"}
     nodes = [subprocess.Popen([str(run / "train_sft.sh")], env=_env(NODE_RANK=str(rank), OUTPUT_ROOT=str(tmp_path / f"n{rank}"), **common),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
              for rank, run in enumerate((first, second))]
@@ -175,7 +177,28 @@ STARTS = {
 
 @pytest.mark.parametrize("launcher", ["torchrun", "deepspeed"])
 @pytest.mark.parametrize("start", sorted(STARTS))
-def test_two_loopback_nodes_train(start, launcher, two_node_recipe, tmp_path):
+def test_every_start_gives_every_launcher_the_cluster(start, launcher, two_node_recipe, tmp_path):
+    """The dry run on node 1 of a cluster at a pod's private address: both launch commands name the primary,
+    its port and each node's rank (the real rendezvous below runs each start and each launcher once)."""
+    run = _render(two_node_recipe, tmp_path / "run", "--launcher", launcher)
+    variables = STARTS[start](1, "29555")
+    if start == "by_hand":
+        variables = {**variables, "MASTER_ADDR": "10.65.0.2", "MASTER_PORT": "29555"}
+    else:
+        variables = {**variables, "PRIMARY_ADDR": "10.65.0.2", "NODE_ADDR": "10.65.0.3"}
+    proc = subprocess.run([str(run / "train_sft.sh"), "--dry-run"], capture_output=True, text=True, timeout=120,
+                          env=_env(OUTPUT_ROOT=str(tmp_path / "volume"), **variables))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    commands = [line for line in proc.stdout.splitlines() if line.startswith("node ") and " would run: " in line]
+    assert len(commands) == 2, proc.stdout
+    for rank, command in enumerate(commands):
+        assert "--master_addr 10.65.0.2 --master_port 29555" in command and f"--node_rank {rank}" in command, command
+        assert ("--nnodes 2" in command) if launcher == "torchrun" else ("--no_ssh" in command), command
+
+
+# Each start and each launcher once in a real rendezvous (every pair is checked in the dry run above).
+@pytest.mark.parametrize("start,launcher", [("by_hand", "torchrun"), ("runpod_cluster", "deepspeed")])
+def test_two_loopback_nodes_on_separate_volumes_train_and_each_save(start, launcher, two_node_recipe, tmp_path):
     run = _render(two_node_recipe, tmp_path / "run", "--launcher", launcher)
     port = str(_free_port())
     nodes = [
@@ -190,6 +213,9 @@ def test_two_loopback_nodes_train(start, launcher, two_node_recipe, tmp_path):
     if start == "by_hand":
         assert "meeting the other nodes at 127.0.0.1:29500" in logs[1]
     assert (tmp_path / "node0" / "output" / "adapter_model.safetensors").is_file()
+    assert all("each node has its own" in log for log in logs)  # separate volumes: every node saves
+    for rank in (0, 1):
+        assert (tmp_path / f"node{rank}" / "output" / "checkpoint-2" / "trainer_state.json").is_file()
 
 
 def _pair(run: Path, volume, port: str, timeout: int = 600, **extra: str) -> list[tuple[int, str]]:
@@ -236,12 +262,3 @@ def test_two_nodes_on_one_shared_volume_save_once_and_resume_together(launcher, 
     steps = [json.loads(line)["current_steps"] for line in (out / "trainer_log.jsonl").read_text().splitlines()
              if "loss" in json.loads(line)]  # fmt: skip
     assert steps == [3, 4]
-
-
-def test_two_nodes_on_separate_volumes_each_save(two_node_recipe, tmp_path):
-    run = _render(two_node_recipe, tmp_path / "run", "--launcher", "torchrun")
-    results = _pair(run, lambda rank: tmp_path / f"node{rank}", str(_free_port()))
-    assert [code for code, _ in results] == [0, 0], results[0][1][-3000:]
-    assert all("each node has its own" in log for _, log in results)
-    for rank in (0, 1):
-        assert (tmp_path / f"node{rank}" / "output" / "checkpoint-2" / "trainer_state.json").is_file()

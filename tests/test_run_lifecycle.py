@@ -20,9 +20,11 @@ from hub_standin import HubStandin
 
 
 def _env(**extra: str) -> dict[str, str]:
+    # The script's own `lfx check` step (14 s a start) is tested in test_launch.py and by the demo; here what is
+    # under test is where outputs go, so the starts skip it.
     env = {k: v for k, v in os.environ.items() if k not in ("OUTPUT_ROOT", "HF_TOKEN")}
     return {**env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "LFX_DEVICE": "cpu", "MIN_FREE_DISK_GB": "1",
-            "PYTHONUNBUFFERED": "1", **extra}  # fmt: skip
+            "PYTHONUNBUFFERED": "1", "LFX_SKIP_CHECK": "1", **extra}  # fmt: skip
 
 
 def _recipe(model: Path, folder: Path, name: str = "persona", **extra) -> Path:
@@ -117,9 +119,10 @@ def test_another_render_never_trains_into_a_run_folders_outputs(tiny_llama3, tmp
     assert (run / "output" / ".lfx_run_id").read_text().strip() == second
 
 
-def test_full_fine_tuning_merges_nothing_and_is_evaluated_and_uploaded_as_it_is(tiny_llama3, tmp_path):
+@pytest.mark.parametrize("kind", ["full", "freeze"])
+def test_full_and_freeze_fine_tuning_merge_nothing_and_are_evaluated_and_uploaded_as_they_are(kind, tiny_llama3, tmp_path):
     run = tmp_path / "run"
-    _render(_recipe(tiny_llama3, tmp_path, finetuning_type="full", val_size=0.15, save_steps=2), run)
+    _render(_recipe(tiny_llama3, tmp_path, finetuning_type=kind, val_size=0.15, save_steps=2), run)
     with HubStandin() as hub:
         proc = _train(run, MERGE="1", EVAL="1", UPLOAD="1", HUB_REPO="tony/full-persona", HF_TOKEN=FAKE_TOKEN,
                       HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_HOME=str(tmp_path / "hf"))  # fmt: skip
@@ -133,7 +136,8 @@ def test_full_fine_tuning_merges_nothing_and_is_evaluated_and_uploaded_as_it_is(
     assert {"model.safetensors", "config.json", "tokenizer_config.json", "README.md"} <= set(files)
     assert not any(name.startswith("checkpoint-") for name in files) and "adapter_config.json" not in files
     card = files["README.md"].decode()
-    assert "Full fine-tune of" in card and "| `finetuning_type` | full |" in card and "## Evaluation" in card
+    what = {"full": "Full fine-tune of", "freeze": "Freeze (partial) fine-tune of"}[kind]
+    assert what in card and f"| `finetuning_type` | {kind} |" in card and "## Evaluation" in card
 
 
 def test_the_tokenizer_rewrite_is_atomic_and_never_fails_a_finished_training(ironman_run, tmp_path, monkeypatch, capsys):
@@ -203,7 +207,7 @@ def test_incomplete_checkpoints_leave_transformers_rotation_alone(tiny_llama3, t
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]
     (out / "checkpoint-3" / "trainer_state.json").unlink()  # a save killed midway: the state is written last
     (out / ".lfx_done").unlink()
-    proc = _train(run, LFX_SKIP_CHECK="1")
+    proc = _train(run)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"checkpoint-3: incomplete, skipped and moved to {out}/.incomplete/checkpoint-3" in proc.stderr
     assert "starting from scratch" in proc.stdout
@@ -219,7 +223,7 @@ def test_hostfile_keeps_no_ssh_and_the_node_rank(tiny_llama3, tmp_path):
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("10.0.0.1 slots=1\n10.0.0.2 slots=1\n")
     proc = _train(run, "--dry-run", HOSTFILE=str(hostfile), NNODES="2", NODE_RANK="1", MASTER_ADDR="10.0.0.1",
-                  OUTPUT_ROOT=str(tmp_path / "vol"), LFX_SKIP_CHECK="1")  # fmt: skip
+                  OUTPUT_ROOT=str(tmp_path / "vol"))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     for node in (0, 1):
         line = next(line for line in proc.stdout.splitlines() if line.startswith(f"node {node} would run: "))
