@@ -62,7 +62,7 @@ def envs_dir() -> Path:
 
 
 @contextmanager
-def _locked(path: Path):
+def locked(path: Path):
     """An exclusive file lock, waited for at most BUILD_TIMEOUT seconds (never a silent hang)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
@@ -109,7 +109,7 @@ def _build(name: str, what: str, steps) -> Path:
 
     if ready():
         return folder
-    with _locked(root / f".{name}.lock"):
+    with locked(root / f".{name}.lock"):
         if ready():  # built by another process while we waited
             return folder
         tmp = root / f".{name}.partial"

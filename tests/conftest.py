@@ -98,18 +98,24 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="session")
-def tiny_llama3(tmp_path_factory) -> Path:
+def _tiny_model(tmp_path_factory, family: str) -> Path:
+    """One tiny model for the session, shared by the workers (the runs built once refer to it)."""
     from llamafactory_ext.tiny import build_tiny_model
 
-    return build_tiny_model("llama3", tmp_path_factory.mktemp("models") / "tiny-llama3")
+    def build(folder: Path) -> dict:
+        return {"path": str(build_tiny_model(family, folder / f"tiny-{family}"))}
+
+    return Path(built_once(tmp_path_factory, f"models-{family}", build)["path"])
+
+
+@pytest.fixture(scope="session")
+def tiny_llama3(tmp_path_factory) -> Path:
+    return _tiny_model(tmp_path_factory, "llama3")
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen2(tmp_path_factory) -> Path:
-    from llamafactory_ext.tiny import build_tiny_model
-
-    return build_tiny_model("qwen2", tmp_path_factory.mktemp("models") / "tiny-qwen2")
+    return _tiny_model(tmp_path_factory, "qwen2")
 
 
 def train_config(model: Path, out: Path, **extra) -> dict:
@@ -150,16 +156,38 @@ def run_launcher(cmd: list[str], out: Path, timeout: int = 600) -> subprocess.Co
     return proc
 
 
+def built_once(tmp_path_factory, name: str, build) -> dict:
+    """`build(folder)` run once for the whole session, whichever xdist worker asks first (the others wait, bounded,
+    and read what it returned): a training run is not repeated per worker. Returns build's JSON-able dict."""
+    from compat_envs import locked
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, above each worker's own
+    result = root / f"{name}.json"
+    with locked(root / f".{name}.lock"):
+        if not result.is_file():
+            folder = root / name
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            result.write_text(json.dumps(build(folder)), encoding="utf-8")
+    return json.loads(result.read_text(encoding="utf-8"))
+
+
 @pytest.fixture(scope="session")
 def ironman_run(tiny_llama3, tmp_path_factory):
     """The real thing: torchrun, 2 processes, DeepSpeed ZeRO-3, LLaMA-Factory LoRA SFT."""
-    out = tmp_path_factory.mktemp("ironman_run")
-    config = train_config(tiny_llama3, out)
-    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2",
-           "-m", "llamafactory_ext.train", str(out / "train.yaml")]  # fmt: skip
-    proc = run_launcher(cmd, out)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return {"out": out, "config": config, "adapter": Path(config["output_dir"]), "log": proc.stdout + proc.stderr}
+
+    def build(out: Path) -> dict:
+        config = train_config(tiny_llama3, out)
+        cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2",
+               "-m", "llamafactory_ext.train", str(out / "train.yaml")]  # fmt: skip
+        proc = run_launcher(cmd, out)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+        return {"out": str(out), "config": config, "log": proc.stdout + proc.stderr}
+
+    run = built_once(tmp_path_factory, "ironman_run", build)
+    return {**run, "out": Path(run["out"]), "adapter": Path(run["config"]["output_dir"])}
 
 
 def _private_copy(name: str, env: str, tmp_path: Path, monkeypatch) -> Path:

@@ -10,23 +10,26 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, lfx, one_line_error, run_launcher, snapshot, train_config, write_json
+from conftest import REPO, built_once, lfx, one_line_error, run_launcher, snapshot, train_config, write_json
 
 from llamafactory_ext.evaluation.report import SYSTEMS
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def split_run(tiny_llama3, tmp_path_factory):
-    """A tiny LoRA run (one process) with 20% of ironman held out by LLaMA-Factory, merged."""
-    from llamafactory_ext.artifact.merge import merge
+    """A tiny LoRA run (one process) with 20% of ironman held out by LLaMA-Factory, merged (once per session)."""
 
-    out = tmp_path_factory.mktemp("split_run")
-    config = train_config(tiny_llama3, out, val_size=0.2, max_steps=2, save_steps=2)
-    proc = run_launcher([sys.executable, "-m", "llamafactory_ext.train", str(out / "train.yaml"),
-                         "deepspeed=null", "ddp_backend=null"], out)  # fmt: skip
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    merged = merge(config["output_dir"], out / "merged", progress=False)
-    return {"out": out, "adapter": Path(config["output_dir"]), "merged": merged, "tokenized": Path(config["tokenized_path"])}
+    def build(out: Path) -> dict:
+        from llamafactory_ext.artifact.merge import merge
+
+        config = train_config(tiny_llama3, out, val_size=0.2, max_steps=2, save_steps=2)
+        proc = run_launcher([sys.executable, "-m", "llamafactory_ext.train", str(out / "train.yaml"),
+                             "deepspeed=null", "ddp_backend=null"], out)  # fmt: skip
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+        merged = merge(config["output_dir"], out / "merged", progress=False)
+        return {"out": str(out), "adapter": config["output_dir"], "merged": str(merged), "tokenized": config["tokenized_path"]}
+
+    return {key: Path(value) for key, value in built_once(tmp_path_factory, "split_run", build).items()}
 
 
 def _eval(*args: str):

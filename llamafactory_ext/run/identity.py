@@ -159,22 +159,27 @@ def runs_table(space: str | Path | None = None) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m llamafactory_ext.run.identity claim OUTPUT_ROOT RUN_ID [--fresh] [--dry-run]`: prints
-    `train`, `finished` or `refuse` on stdout and why on stderr (exit 2 on refuse);
-    `... finished OUTPUT_DIR`: marks a finished training."""
+    """`python -m llamafactory_ext.run.identity claim OUTPUT_ROOT RUN_ID [--fresh] [--dry-run] [--peek]`: prints
+    `train`, `finished` or `refuse` on stdout and why on stderr (exit 2 on refuse); `--peek` looks without
+    writing and says why only for a finished or refused start (the script peeks before its checks and claims
+    after them); `... finished OUTPUT_DIR`: marks a finished training."""
     if len(argv) >= 3 and argv[0] == "claim":
+        known = {"--fresh", "--dry-run", "--peek"}
         flags = set(argv[3:])
-        if flags - {"--fresh", "--dry-run"}:
-            print(f"unknown option {sorted(flags - {'--fresh', '--dry-run'})[0]}", file=sys.stderr)
+        if flags - known:
+            print(f"unknown option {sorted(flags - known)[0]}", file=sys.stderr)
             return 2
-        what, why = claim(Path(argv[1]), argv[2], "--fresh" in flags, "--dry-run" in flags)
+        peek = "--peek" in flags
+        what, why = claim(Path(argv[1]), argv[2], "--fresh" in flags, peek or "--dry-run" in flags)
         print(what)
-        print(f"train_sft.sh: {'error: ' if what == 'refuse' else ''}{why}", file=sys.stderr)
+        if not (peek and what == "train"):
+            print(f"train_sft.sh: {'error: ' if what == 'refuse' else ''}{why}", file=sys.stderr)
         return 2 if what == "refuse" else 0
     if len(argv) == 2 and argv[0] == "finished":
         mark_done(argv[1])
         return 0
-    print("usage: python -m llamafactory_ext.run.identity claim OUTPUT_ROOT RUN_ID [--fresh] [--dry-run] | finished OUTPUT_DIR",
+    print("usage: python -m llamafactory_ext.run.identity claim OUTPUT_ROOT RUN_ID [--fresh] [--dry-run] [--peek] | "
+          "finished OUTPUT_DIR",
           file=sys.stderr)  # fmt: skip
     return 2
 
