@@ -64,6 +64,7 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(_group(item.nodeid), len(FIRST)))  # stable within each part
 
 
+@pytest.hookimpl(optionalhook=True)  # the suite also runs where pytest-xdist is not installed
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
