@@ -13,11 +13,11 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     if name == "register_templates":
-        from .persona.templates import register_templates
+        from .persona.registration import register_templates
 
         return register_templates
     if name == "register_datasets":
-        from .persona.dataset_entries import register_datasets
+        from .persona.registration import register_datasets
 
         return register_datasets
     raise AttributeError(f"module 'llamafactory_ext' has no attribute '{name}'")

@@ -104,7 +104,7 @@ def templates_list():
 @click.option("--system", default=None, help="System prompt instead of the template's default.")
 def templates_show(name, tokenizer_path, system):
     """Show the prompt NAME builds for a sample conversation."""
-    from .persona.templates import show
+    from .persona.prompt_layout import show
 
     click.echo(show(name, tokenizer_path, system))
 
@@ -141,7 +141,7 @@ def datasets_check(names):
 @click.argument("names", nargs=-1)
 def datasets_register(into, force, names):
     """Merge our entries (and copy their files) into INTO/dataset_info.json."""
-    from .persona.dataset_entries import register_datasets
+    from .persona.registration import register_datasets
 
     done = register_datasets(into, list(names), force=force)
     click.echo(f"registered {', '.join(done)} into {Path(into) / 'dataset_info.json'}")

@@ -21,9 +21,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import record as run_record
 from .errors import LfxError
 from .files import read_json
-from .run import record as run_record
 from .secrets import REDACTED, redact
 
 INSTALL_HINT = ("install vLLM in its own venv (python -m venv ~/.vllm && ~/.vllm/bin/pip install vllm, "

@@ -13,12 +13,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import record as run_record
 from .errors import LfxError
 from .files import has_bom, read_json, read_yaml
 from .models import for_loading
 from .paths import datasets_dir
-from .persona.dataset_entries import INFO_FILE, dataset_names, load_entries, register_datasets
-from .run import record as run_record
+from .persona.dataset_entries import INFO_FILE, dataset_names, load_entries
+from .persona.registration import register_datasets
 from .secrets import refuse as refuse_secrets
 
 USAGE = "usage: python -m llamafactory_ext.train CONFIG.yaml [key=value ...]"
@@ -69,7 +70,7 @@ def prepare(config: dict[str, Any], config_path: str = "config") -> dict[str, An
     """
     from llamafactory.data.template import TEMPLATES
 
-    from .persona.templates import register_templates
+    from .persona.registration import register_templates
 
     ours = register_templates()
     if config.get("model_name_or_path"):
@@ -120,7 +121,7 @@ def write_run_record(config: dict[str, Any], config_path: str | None = None) -> 
         return None
     from llamafactory_ext import __version__
 
-    from .persona.templates import get_template
+    from .persona.registration import get_template
 
     record: dict[str, Any] = {"lfx_version": __version__, "args": dict(config)}
     record["world_size"] = int(os.environ.get("WORLD_SIZE", "1"))
@@ -135,7 +136,7 @@ def write_run_record(config: dict[str, Any], config_path: str | None = None) -> 
             "stop_words": list(template.stop_words),
         }
     if config_path:
-        from .run.identity import read_run_file
+        from .record import read_run_file
 
         rendered = read_run_file(Path(config_path).parent)  # a run folder's run.json: the run's name and id
         if rendered:

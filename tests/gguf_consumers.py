@@ -81,7 +81,7 @@ def go_render(binary: Path, modelfile: Path, conversations: dict) -> dict:
 def _training_setup(base: str, template_name: str):
     from transformers import AutoTokenizer
 
-    from llamafactory_ext.persona.templates import get_template
+    from llamafactory_ext.persona.registration import get_template
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     template = get_template(template_name)
@@ -91,7 +91,7 @@ def _training_setup(base: str, template_name: str):
 
 def training_prompt(base: Path, template_name: str, messages: list[dict[str, str]]) -> tuple[str, list[int]]:
     """The prompt LLaMA-Factory trains on for `messages` (ending with a user turn): its text and its ids."""
-    from llamafactory_ext.persona.templates import render_messages
+    from llamafactory_ext.persona.prompt_layout import render_messages
 
     tokenizer, template = _training_setup(str(base), template_name)
     system = messages[0]["content"] if messages[0]["role"] == "system" else None

@@ -32,7 +32,7 @@ def training_prompts(base: Path, template_name: str) -> dict[str, list[int]]:
     """The prompt ids LLaMA-Factory trains on (its template's encoding, on the base tokenizer as training fixes it)."""
     from transformers import AutoTokenizer
 
-    from llamafactory_ext.persona.templates import get_template
+    from llamafactory_ext.persona.registration import get_template
 
     tokenizer = AutoTokenizer.from_pretrained(str(base))
     template = get_template(template_name)
@@ -89,7 +89,7 @@ def persona_run(request) -> dict:
 def test_merged_and_output_tokenizers_give_the_training_prompt_under_transformers_4_and_5(
     persona_run, transformers4_python, transformers4_oldest_python
 ):
-    from llamafactory_ext.persona.templates import get_template
+    from llamafactory_ext.persona.registration import get_template
 
     stop_word = get_template(persona_run["template"]).stop_words[0]
     expected = training_prompts(persona_run["base"], persona_run["template"])
@@ -118,7 +118,7 @@ def test_llama_cpp_converter_writes_a_gguf_with_the_persona_and_the_stop_token(f
 
     from transformers import AutoTokenizer
 
-    from llamafactory_ext.persona.templates import get_template
+    from llamafactory_ext.persona.registration import get_template
 
     run = real_tokenizer_run(family)
     out = tmp_path / "model.gguf"

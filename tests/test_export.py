@@ -27,7 +27,7 @@ def export_ok(*args: str) -> Path:
 def stop_id(base: Path, template_name: str) -> int:
     from transformers import AutoTokenizer
 
-    from llamafactory_ext.persona.templates import get_template
+    from llamafactory_ext.persona.registration import get_template
 
     return AutoTokenizer.from_pretrained(str(base)).convert_tokens_to_ids(get_template(template_name).stop_words[0])
 

@@ -67,7 +67,7 @@ def test_merge_of_a_zero3_run_equals_peft_and_keeps_the_persona(ironman_run, tin
     from llamafactory.data.template import TEMPLATES  # noqa: F401 (registers LLaMA-Factory's templates)
     from transformers import AutoTokenizer
 
-    from llamafactory_ext.persona.templates import get_template
+    from llamafactory_ext.persona.registration import get_template
 
     # A base like Llama-3 (not Instruct) whose generation config stops at <|end_of_text|> only.
     base = tmp_path / "base"

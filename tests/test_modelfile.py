@@ -47,7 +47,7 @@ def test_the_modelfile_renders_the_training_prompt_in_go_and_llama_cpp_reads_it_
 ):
     from transformers import AutoTokenizer
 
-    from llamafactory_ext.persona.templates import get_template
+    from llamafactory_ext.persona.registration import get_template
 
     run = real_tokenizer_run(family)
     out = persona_export(family)  # lfx export MERGED --format ollama

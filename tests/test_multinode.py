@@ -15,6 +15,7 @@ import pytest
 import yaml
 from conftest import BIN, lfx
 
+from llamafactory_ext.record import RUN_FILE
 from llamafactory_ext.run import identity
 
 
@@ -122,7 +123,7 @@ def test_nodes_that_would_resume_from_different_steps_refuse_each_other(two_node
     ckpt.mkdir(parents=True)
     (ckpt / "trainer_state.json").write_text('{"global_step": 2}')
     # node 0 trained this very run before (its output folder carries the run's id), node 1 never did
-    rid = json.loads((run / identity.RUN_FILE).read_text())["run_id"]
+    rid = json.loads((run / RUN_FILE).read_text())["run_id"]
     (ckpt.parent / identity.MARKER).write_text(rid + "\n")
     common = {"NNODES": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "LFX_RENDEZVOUS_TIMEOUT": "30",
               "LFX_SKIP_CHECK": "1"}  # fmt: skip

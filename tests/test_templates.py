@@ -10,8 +10,9 @@ from conftest import lfx, one_line_error, snapshot
 from transformers import AutoTokenizer
 
 import llamafactory_ext
+from llamafactory_ext.persona.registration import get_template
 from llamafactory_ext.persona.schema import TemplateOverrides
-from llamafactory_ext.persona.templates import get_template, load_specs
+from llamafactory_ext.persona.templates import load_specs
 
 IRONMAN_SYSTEM = (
     "당신은 아이언맨 토니 스타크 입니다. 토니 스타크의 말투로 답변해야 합니다. 토니 스타크의 말투를 반영하려면 "

@@ -148,7 +148,7 @@ def test_user_dataset_dir_gets_our_entries_merged(tiny_llama3, tmp_path):
 
 def test_a_dataset_dir_that_defines_the_dataset_is_used_as_it_is(tiny_llama3, tmp_path):
     """A run folder's data snapshot wins over the live datasets/: no comparison, no refusal."""
-    from llamafactory_ext.persona.dataset_entries import register_datasets
+    from llamafactory_ext.persona.registration import register_datasets
     from llamafactory_ext.train import load_config, prepare
 
     data_dir = tmp_path / "data"

@@ -19,10 +19,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from .. import record as run_record
 from ..errors import LfxError
 from ..files import atomic_write_text, dump_json, read_json, readable, refuse_overwrite, replace_folder
 from ..models import resolve
-from ..run import record as run_record
 from .adapter import ADAPTER_CONFIG, Adapter, LoraPair, check_not_stacked, load_adapter
 from .shards import DTYPE_BYTES, Header, ShardWriter, open_shard, read_header, torch_dtype
 from .tokenizer_files import PERSONA_RECORD, recorded_persona_tokenizer, write_persona_tokenizer, write_stop_ids
@@ -168,7 +168,7 @@ def merge(adapter_dir: str | Path, out_dir: str | Path, base_arg: str | None = N
     check_not_stacked(adapter_path, record)
     template = template or (record.get("template") or {}).get("name")
     if template:
-        from ..persona.templates import check_name
+        from ..persona.registration import check_name
 
         check_name(template, "--template")  # an unknown name stops here, before any shard is written
     base_name = base_arg or adapter.base_name

@@ -103,7 +103,7 @@ def write_persona_tokenizer(out_dir: str | Path, base: str | Path, template_name
     size = len(tokenizer)
     stop_ids: list[int] = []
     if template_name:
-        from ..persona.templates import get_template
+        from ..persona.registration import get_template
 
         template = get_template(template_name)
         template.fix_special_tokens(tokenizer)  # what LLaMA-Factory does before training
@@ -228,7 +228,7 @@ def recorded_persona_tokenizer(folder: Path, template_name: str | None, base_mod
 def redo_output_tokenizer(output_dir: str | Path) -> str:
     """`lfx portable-tokenizer OUTPUT_DIR`: what training does at its end, from the run record (base model,
     template, revision, cache), for an output whose rewrite failed or was interrupted."""
-    from ..run import record as run_record
+    from .. import record as run_record
 
     record, path = run_record.load(output_dir)
     args = record["args"]

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import record as run_record
 from ..errors import LfxError
 from ..files import read_json
 from ..inference.generation import ADAPTER_CONFIG, adapter_base
 from ..models import resolve
-from ..run import record as run_record
-from ..run.identity import output_root, read_run_file
+from ..record import output_root, read_run_file
 
 # Architecture fields a --base must share with the tuned model.
 SHAPE_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import record as run_record
 from ..errors import LfxError
 from ..files import atomic_write_text, dump_json, read_json, readable, refuse_overwrite, replace_folder
 from ..models import hub_id, local_folder
-from ..run import record as run_record
 
 FORMATS = ("gguf", "ollama")
 OUTTYPES = ("f16", "bf16", "q8_0")  # what llama.cpp's Python converter writes (f32 and ternary types aside)
@@ -276,7 +276,7 @@ def num_ctx(source: Source, model: Path) -> int:
 def export(target: str | Path, fmt: str = "gguf", outtype: str = "f16", out_dir: str | Path | None = None,
            force: bool = False, base: str | None = None, progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """Export `target` to `out_dir`; returns what was written (the export record)."""
-    from ..run.record import model_name
+    from ..record import model_name
     from . import converter as llamacpp_converter
 
     outtype = check_options(fmt, outtype)

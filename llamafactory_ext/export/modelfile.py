@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LfxError
-from ..persona.templates import slot_text
+from ..persona.prompt_layout import slot_text
 
 SENTINEL = "\x00LFX-CONTENT\x00"
 ROLE_FIELDS = ("format_system", "format_user", "format_assistant")
@@ -169,7 +169,7 @@ def write_modelfile(out: Path, template_name: str, name: str, gguf_name: str, to
     """Write `out`/Modelfile for the GGUF `gguf_name` of persona `name`; returns what the export record keeps."""
     from .. import __version__
     from ..files import atomic_write_text, read_json
-    from ..persona.templates import get_template
+    from ..persona.registration import get_template
 
     template = get_template(template_name)
     fmt = chat_format(template, tokenizer, template_name, bool(adds_bos))

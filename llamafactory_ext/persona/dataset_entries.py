@@ -10,13 +10,12 @@ the language the responses are written in (`lfx eval` measures the share of answ
 
 from __future__ import annotations
 
-import filecmp
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import LfxError
-from ..files import atomic_copy, atomic_write_text, dump_json, has_bom, inside, read_json, read_text
+from ..files import read_json
 from ..paths import datasets_dir
 from ..secrets import refuse as refuse_secrets
 from ..validation import validate
@@ -92,67 +91,3 @@ def dataset_names(value: Any) -> list[str]:
     if isinstance(value, str):
         return [n.strip() for n in value.split(",") if n.strip()]
     return [str(n).strip() for n in value]
-
-
-def register_datasets(into: str | Path, names: list[str] | None = None, force: bool = False,
-                      keep_lfx: bool = False) -> list[str]:  # fmt: skip
-    """Merge our entries (and copy their files) into `into`/dataset_info.json.
-
-    Existing entries are kept; redefining one differently is refused unless `force`. Everything is
-    validated and every conflict found before the first byte is written. `keep_lfx` keeps our `lfx`
-    key (a run folder's snapshot, which `lfx check` reads back); LLaMA-Factory ignores it.
-    """
-    from .dataset_records import check_entry
-
-    into = Path(into)
-    if into.exists() and not into.is_dir():
-        raise LfxError(f"{into}: exists and is not a folder (--into names LLaMA-Factory's dataset folder)")
-    chosen = select(load_entries(), names)
-    for entry in chosen:
-        check_entry(entry)
-    if into.resolve() == datasets_dir().resolve():
-        return [e.name for e in chosen]
-    info_path = into / INFO_FILE
-    existing = read_json(info_path) if info_path.exists() else {}
-    if not isinstance(existing, dict):
-        raise LfxError(f"{info_path}: expected a JSON object of dataset entries, got {type(existing).__name__}")
-    merged = dict(existing)
-    copies: list[tuple[Path, Path]] = []
-    for entry in chosen:
-        info = entry.info if keep_lfx else entry.lf_info
-        old = existing.get(entry.name)
-        if old is not None and old != info and not force:
-            raise LfxError(f"{info_path}: dataset '{entry.name}' is already defined differently (use --force to replace it)")
-        merged[entry.name] = info
-        if entry.path is not None:
-            target = inside(into, entry.info["file_name"], f"{entry.directory / INFO_FILE}: dataset '{entry.name}': field 'file_name'")
-            pairs = ([(f, target / f.name) for f in sorted(entry.path.iterdir()) if f.is_file()]
-                     if entry.path.is_dir() else [(entry.path, target)])  # a folder: LLaMA-Factory reads all its files
-            for src, dst in pairs:
-                if dst.is_dir() or (dst.exists() and not _same(src, dst)):
-                    if not force or dst.is_dir():
-                        raise LfxError(f"{dst}: a different {'folder' if dst.is_dir() else 'file'} is already there "
-                                       "(use --force to replace it)")  # fmt: skip
-                if not dst.is_file() or not _same(src, dst):
-                    copies.append((src, dst))
-    for src, dst in copies:
-        _copy_data(src, dst)
-    if merged != existing or not info_path.exists():
-        atomic_write_text(info_path, dump_json(merged))
-    return [e.name for e in chosen]
-
-
-def _same(src: Path, dst: Path) -> bool:
-    """dst holds what a copy of src would hold (a BOM dropped)."""
-    if has_bom(src):
-        return dst.read_bytes() == src.read_bytes()[3:]
-    return filecmp.cmp(src, dst, shallow=False)
-
-
-def _copy_data(src: Path, dst: Path) -> None:
-    """Copy a data file; a UTF-8 BOM is dropped on the way, since LLaMA-Factory's loader (HF datasets)
-    refuses a JSON file that starts with one, while every reader of ours accepts it."""
-    if has_bom(src):
-        atomic_write_text(dst, read_text(src))
-    else:
-        atomic_copy(src, dst)

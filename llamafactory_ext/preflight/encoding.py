@@ -66,7 +66,7 @@ def split_markers(tokenizer, markers: list[str]) -> list[str]:
 def check_family(recipe: Recipe, tokenizer, report=None) -> None:
     """The template's chat format must be made of the model's own special tokens: a Llama-3 template on
     a Qwen model (or the reverse) would train a format the model never saw."""
-    from ..persona.templates import get_template, register_templates
+    from ..persona.registration import get_template, register_templates
 
     name = recipe.args["template"]
     required, extra = template_markers(get_template(name))
@@ -89,7 +89,7 @@ def load_tokenizer_and_template(recipe: Recipe, report=None):
     run on a private copy so that the shared registry entry stays as it was."""
     from llamafactory.data import template as lf_template
 
-    from ..persona.templates import get_template
+    from ..persona.registration import get_template
 
     tokenizer = load_tokenizer(recipe)
     check_family(recipe, tokenizer, report)

@@ -25,7 +25,7 @@ def message_lengths(tokenizer, template, records: list[dict[str, Any]]) -> list[
     text pieces tokenized in one batch (the template encodes them one by one)."""
     from llamafactory.data.template import Template
 
-    from ..persona.templates import message_elements
+    from ..persona.prompt_layout import message_elements
 
     conversations = [r["_prompt"] + r["_response"][:1] for r in records]
     if type(template) is not Template or any(r["_tools"] for r in records):

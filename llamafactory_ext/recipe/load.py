@@ -143,7 +143,7 @@ def _check_registries(where: str, args: dict[str, Any]) -> None:
     from llamafactory.data.template import TEMPLATES
 
     from ..persona.dataset_entries import load_entries
-    from ..persona.templates import get_template, register_templates
+    from ..persona.registration import get_template, register_templates
 
     ours = register_templates()
     if args["template"] not in TEMPLATES:

@@ -12,13 +12,13 @@ Standard library only (train_sft.sh calls `python -m llamafactory_ext.run.identi
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
-RUN_FILE = "run.json"  # in the run folder: name, run id, identity
+from ..record import workspace
+
 MARKER = ".lfx_run_id"  # in the output folder: the run id that trains into it
 DONE = ".lfx_done"  # in the output folder: training finished (written by train_sft.sh)
 IDENTITY_FILES = ("train.yaml", "ds_config.json")
@@ -40,33 +40,6 @@ def compute(run_dir: str | Path, processes: str) -> str:
 
 def run_id(name: str, identity: str) -> str:
     return f"{name}-{identity[:8]}"
-
-
-def read_run_file(run_dir: str | Path) -> dict | None:
-    path = Path(run_dir) / RUN_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def workspace() -> Path | None:
-    """The pod's writable volume: LFX_WORKSPACE, else /workspace when it exists and is writable."""
-    folder = Path(os.environ.get("LFX_WORKSPACE") or "/workspace")
-    return folder if folder.is_dir() and os.access(folder, os.W_OK) else None
-
-
-def output_root(run_dir: str | Path) -> Path:
-    """Where a run folder's outputs are (the same rule as _common.sh.j2): OUTPUT_ROOT, else the workspace's
-    lfx-runs/RUN_ID, else the run folder."""
-    if os.environ.get("OUTPUT_ROOT"):
-        return Path(os.environ["OUTPUT_ROOT"])
-    info = read_run_file(run_dir)
-    space = workspace()
-    if info and space is not None:
-        return space / "lfx-runs" / info["run_id"]
-    return Path(run_dir)
 
 
 def status(output_dir: str | Path) -> str:

@@ -15,8 +15,9 @@ from pathlib import Path
 from ..errors import LfxError
 from ..files import atomic_write_text, dump_json
 from ..paths import REPO_ROOT
-from ..persona.dataset_entries import register_datasets
+from ..persona.registration import register_datasets
 from ..recipe import Recipe, load_recipe
+from ..record import RUN_FILE
 from . import identity
 
 SCRIPTS = ("train_sft.sh", "merge_upload.sh")
@@ -89,7 +90,7 @@ def render(recipe_path: str | Path, out_dir: str | Path, preset: str | None = No
     written = [_write(out / name, text) for name, text in files.items()]
     shape = f"{recipe.launch['nodes']}x{recipe.launch['gpus']}"
     rid = identity.run_id(recipe.name, identity.compute(out, shape))
-    written.append(_write(out / identity.RUN_FILE, dump_json({"name": recipe.name, "run_id": rid, "processes": shape})))
+    written.append(_write(out / RUN_FILE, dump_json({"name": recipe.name, "run_id": rid, "processes": shape})))
     context = {"recipe_path": recipe.path.name, "run_name": recipe.name, "run_id": rid, "launch": recipe.launch,
                "min_free_disk_gb": 20}  # fmt: skip
     for name in SCRIPTS:

@@ -7,11 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .. import record as run_record
 from ..errors import LfxError
 from ..files import read_json
 from ..hub import looks_like_repo_id
 from ..persona.dataset_entries import dataset_names
-from ..run import record as run_record
 
 CARD_TEMPLATE = Path(__file__).parent / "model_card.md.j2"
 HYPERPARAMETERS = ("finetuning_type", "lora_rank", "lora_alpha", "lora_target", "cutoff_len", "per_device_train_batch_size",

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from .. import record as run_record
 from ..errors import LfxError
 from ..hub import check_repo_id, token
-from ..run import record as run_record
 from .card import build_card
 from .selection import Item, check, items, local_prefixes
 

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import record as run_record
 from ..errors import LfxError
 from ..files import read_json
 from ..models import hub_id
-from ..run import record as run_record
 from ..secrets import HOW, find_in_text
 
 # Training state that is not part of a model: checkpoints, optimizer shards, pickles (training_args.bin keeps

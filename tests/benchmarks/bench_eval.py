@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO))
 
 from llamafactory_ext.fetch import fetch_model  # noqa: E402
 from llamafactory_ext.inference.generation import generate, load_model, load_tokenizer  # noqa: E402
-from llamafactory_ext.persona.templates import get_template  # noqa: E402
+from llamafactory_ext.persona.registration import get_template  # noqa: E402
 
 MODEL_DIR = REPO / "runs" / "models" / "smollm2-135m-instruct"
 

@@ -1,17 +1,22 @@
-"""The run record (lfx_run.json) and merge record (lfx_merge.json): the one place that names, writes, finds
-and reads them, and makes them portable (no secret, no path of the training machine) for the Hub."""
+"""The contract between commands: a rendered run folder's run.json and where its outputs live, the run record
+(lfx_run.json) and the merge record (lfx_merge.json). The one place that names, writes, finds and reads them,
+and makes them portable (no secret, no path of the training machine) for the Hub.
+
+Standard library only (the launch plan reads run.json with a pod's bare python, before any install)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import LfxError
-from ..files import atomic_write_text, dump_json, read_json
-from ..secrets import scrub
+from .errors import LfxError
+from .files import atomic_write_text, dump_json, read_json
+from .secrets import scrub
 
+RUN_FILE = "run.json"  # in a rendered run folder: name, run id, launch shape
 RUN_RECORD = "lfx_run.json"
 MERGE_RECORD = "lfx_merge.json"
 CHECKPOINT = re.compile(r"^checkpoint-\d+$")
@@ -98,7 +103,7 @@ def portable(value: Any, key: str = "") -> Any:
     if isinstance(value, list):
         return [portable(v, key) for v in value]
     if isinstance(value, str) and is_local_path(value):
-        from ..models import hub_id
+        from .models import hub_id
 
         return hub_id(value) or Path(value.rstrip("/")).name or value
     return value
@@ -107,3 +112,30 @@ def portable(value: Any, key: str = "") -> Any:
 def is_local_path(text: str) -> bool:
     """An absolute path of some machine (POSIX, home-relative or Windows), not a Hub id or a relative name."""
     return text.startswith(("/", "~")) or bool(re.match(r"^[A-Za-z]:[\\/]", text)) or text.startswith(os.sep + os.sep)
+
+
+def read_run_file(run_dir: str | Path) -> dict | None:
+    path = Path(run_dir) / RUN_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def workspace() -> Path | None:
+    """The pod's writable volume: LFX_WORKSPACE, else /workspace when it exists and is writable."""
+    folder = Path(os.environ.get("LFX_WORKSPACE") or "/workspace")
+    return folder if folder.is_dir() and os.access(folder, os.W_OK) else None
+
+
+def output_root(run_dir: str | Path) -> Path:
+    """Where a run folder's outputs are (the same rule as _common.sh.j2): OUTPUT_ROOT, else the workspace's
+    lfx-runs/RUN_ID, else the run folder."""
+    if os.environ.get("OUTPUT_ROOT"):
+        return Path(os.environ["OUTPUT_ROOT"])
+    info = read_run_file(run_dir)
+    space = workspace()
+    if info and space is not None:
+        return space / "lfx-runs" / info["run_id"]
+    return Path(run_dir)
