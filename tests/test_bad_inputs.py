@@ -33,11 +33,11 @@ BAD_RECIPES = {
     "cutoff_below_prompt": ({"cutoff_len": 40}, "field 'cutoff_len': 40 is not above the shortest prompt of dataset 'ironman'"),
     "deepspeed_in_recipe": ({"deepspeed": "ds.json"}, "field 'deepspeed': set by the launcher"),
     "save_only_model": ({"save_only_model": True}, "field 'save_only_model': checkpoints without optimizer state cannot resume"),
-    "qlora_8bit_with_zero3": ({"quantization_bit": 8}, "field 'quantization_bit': LLaMA-Factory trains only 4-bit bitsandbytes QLoRA under DeepSpeed ZeRO-3"),
-    "hqq_with_zero3": ({"quantization_bit": 4, "quantization_method": "hqq"}, "field 'quantization_bit': LLaMA-Factory trains no hqq quantization under DeepSpeed ZeRO-3"),
-    "pure_bf16_with_zero3": ({"pure_bf16": True}, "field 'pure_bf16': pure_bf16 is incompatible with DeepSpeed ZeRO-3"),
-    "bf16_and_fp16": ({"bf16": True, "fp16": True}, "field 'fp16': bf16 and fp16 are both set"),
-    "eval_without_split": ({"eval_strategy": "steps", "eval_steps": 10}, "field 'eval_strategy': 'steps' needs val_size or eval_dataset"),
+    "qlora_8bit_with_zero3": ({"quantization_bit": 8}, "field 'quantization_bit': only 4-bit bitsandbytes QLoRA trains under DeepSpeed ZeRO-3"),
+    "hqq_with_zero3": ({"quantization_bit": 4, "quantization_method": "hqq"}, "field 'quantization_method': HQQ quantization is incompatible with DeepSpeed ZeRO-3"),
+    "pure_bf16_with_zero3": ({"pure_bf16": True}, "field 'pure_bf16': `pure_bf16` is incompatible with DeepSpeed ZeRO-3 (LLaMA-Factory refuses it at launch: llamafactory/hparams/parser.py:"),
+    "bf16_and_fp16": ({"bf16": True, "fp16": True}, "LLaMA-Factory refuses it at launch: transformers/training_args.py:"),
+    "eval_without_split": ({"eval_strategy": "steps", "eval_steps": 10}, "Please make sure eval_dataset be provided or val_size >1e-6 (LLaMA-Factory refuses it at launch"),
     "batch_does_not_divide": ({"launch": {"gpus": 2, "global_batch_size": 30}}, "field 'launch.global_batch_size': 30 does not divide"),
     "zero_stage_4": ({"launch": {"zero_stage": 4}}, "field 'launch.zero_stage': 4 is not one of 0, 2, 3"),
     "unknown_launcher": ({"launch": {"launcher": "mpirun"}}, "field 'launch.launcher': 'mpirun' is not one of"),
@@ -59,8 +59,13 @@ BAD_RECIPES = {
     # the field holding the value, and what LLaMA-Factory itself refuses
     "unknown_eval_dataset": ({"eval_dataset": "ironman, nope"}, "field 'eval_dataset': unknown dataset 'nope'"),
     "export_dir_in_training": ({"export_dir": "merged"}, "field 'export_dir': training ignores it"),
-    "two_adapters_under_zero3": ({"adapter_name_or_path": "a,b"}, "field 'adapter_name_or_path': LLaMA-Factory takes a single adapter under DeepSpeed ZeRO-3"),
-    "freeze_with_quantization": ({"quantization_bit": 4, "finetuning_type": "freeze"}, "field 'quantization_bit': quantized training needs finetuning_type lora"),
+    "two_adapters_under_zero3": ({"adapter_name_or_path": "a,b"}, "field 'adapter_name_or_path': cannot use multiple adapters in DeepSpeed ZeRO-3"),
+    "freeze_with_quantization": ({"quantization_bit": 4, "finetuning_type": "freeze"}, "field 'quantization_bit': Quantization is only compatible with the LoRA or OFT method"),
+    # issue 24: combinations that rendered and passed before, refused by LLaMA-Factory's own parser (or a stage lfx runs)
+    "galore_under_deepspeed": ({"finetuning_type": "full", "use_galore": True},
+                               "field 'use_galore': GaLore and APOLLO are incompatible with DeepSpeed yet (LLaMA-Factory refuses it at launch: llamafactory/hparams/parser.py:"),
+    "predict_without_generate": ({"do_predict": True, "val_size": 0.1}, "field 'do_predict': Please enable `predict_with_generate` to save model predictions"),
+    "stage_ppo": ({"stage": "ppo"}, "field 'stage': 'ppo' is not a stage lfx runs"),
 }  # fmt: skip
 
 BAD_RECIPE_FILES = {
@@ -435,7 +440,7 @@ BY_CLASS = {
     "launch:interleave_probs_with_concat": lambda c: (["check", str(c.recipe(interleave_probs="0.5,0.5", dataset="ironman,eco_multitask"))],
                                                       "`interleave_probs` is only valid for interleaved mixing"),
     "launch:streaming_without_max_steps": lambda c: (["check", str(c.recipe(streaming=True, max_steps=None))],
-                                                     "field 'max_steps': streaming datasets have no length"),
+                                                     "field 'streaming': Please specify `max_steps` in streaming mode"),
     "launch:dora_without_lora": lambda c: (["check", str(c.recipe(use_dora=True, finetuning_type="freeze"))],
                                            "`use_dora` is only valid for LoRA training"),
     "launch:resume_from_checkpoint_in_recipe": lambda c: (["check", str(c.recipe(resume_from_checkpoint="output/checkpoint-2"))],

@@ -63,6 +63,7 @@ def check(recipe_path: str | Path, *, preset: str | None = None, launch: dict | 
     from ..persona.dataset_records import RecordsUnavailable, check_entry, read_records, source_label
 
     recipe = load_recipe(recipe_path, preset, {**(launch or {}), **({"gpu_type": gpu} if gpu else {})}, overrides)
+    judge_arguments(recipe)
     cutoff = int(recipe.args.get("cutoff_len", 2048))
     report = Report(recipe=str(recipe.path), model=str(recipe.args["model_name_or_path"]),
                     template=recipe.args["template"], cutoff_len=cutoff)  # fmt: skip
@@ -101,6 +102,16 @@ def check(recipe_path: str | Path, *, preset: str | None = None, launch: dict | 
         label_findings(report, name, label_sanity(recipe, name, tokenizer, template, records, lengths))
     duplicates(report, recipe, data)
     return report
+
+
+def judge_arguments(recipe) -> None:
+    """LLaMA-Factory's own argument checks on the arguments a rank gets, as on the run's GPU type."""
+    from ..paths import datasets_dir
+    from ..recipe import gpu_type
+    from ..recipe.upstream_rules import judge
+
+    bf16 = gpu_type(recipe.launch["gpu_type"])["bf16"] if recipe.launch.get("gpu_type") else True
+    judge(str(recipe.path), recipe.args, recipe.deepspeed_config, datasets_dir(), bf16)
 
 
 def label_findings(report: Report, name: str, labels: dict[str, Any]) -> None:

@@ -24,6 +24,7 @@ from ..persona.dataset_entries import dataset_names
 from ..secrets import refuse as refuse_secrets
 from ..validation import validate
 from .schema import LAUNCH_DEFAULTS, gpu_table, ineffective, names, recipe_model
+from .upstream_rules import check_later_rules
 
 PRESETS_FILE = REPO_ROOT / "launch" / "presets.yaml"
 RUN_RECIPE = "recipe.yaml"  # the resolved recipe in a rendered run folder
@@ -133,12 +134,12 @@ def load_recipe(path: str | Path, preset: str | None = None, launch: dict[str, A
     if block["global_batch_size"]:
         per_device = args.get("per_device_train_batch_size", 8)
         args.setdefault("gradient_accumulation_steps", block["global_batch_size"] // (per_device * block["gpus"] * block["nodes"]))
-    _check_registries(where, args)
+    _check_registries(where, args, block["zero_stage"])
     return Recipe(path=path, name=_run_name(path), args=args, launch=block,
                   deepspeed_config=_deepspeed_config(where, path, block), warnings=warnings)  # fmt: skip
 
 
-def _check_registries(where: str, args: dict[str, Any]) -> None:
+def _check_registries(where: str, args: dict[str, Any], zero_stage: int) -> None:
     """The template and datasets exist (ours or LLaMA-Factory's), and fit the run's options."""
     from llamafactory.data.template import TEMPLATES
 
@@ -160,6 +161,7 @@ def _check_registries(where: str, args: dict[str, Any]) -> None:
 
                 raise LfxError(f"{where}: field '{field_name}': unknown dataset '{name}'" +
                                did_you_mean(name, entries, "") + f" (known: {', '.join(sorted(entries))})")  # fmt: skip
+    check_later_rules(where, args, {name: entry.info for name, entry in entries.items()}, zero_stage)
 
 
 def _run_name(path: Path) -> str:

@@ -1,12 +1,11 @@
-"""The recipe, declared: LLaMA-Factory's arguments (typed from its dataclasses) plus our `launch` block,
-with the rules that relate fields to each other as validators, each citing the LLaMA-Factory line that
-would otherwise refuse the run at launch, after the GPUs are paid for."""
+"""The recipe, declared: LLaMA-Factory's arguments (typed from its dataclasses) plus our `launch` block, and
+the rules that are ours (what the launcher sets, the launch shape, the stages lfx runs). LLaMA-Factory's own
+combination rules are not copied here: `lfx check` runs LLaMA-Factory itself on the arguments
+(recipe/upstream_rules.py)."""
 
 from __future__ import annotations
 
 import functools
-import re
-import traceback
 from typing import Annotated, Any, ClassVar, Literal, Optional
 
 from pydantic import (
@@ -75,24 +74,8 @@ class Launch(BaseModel):
 
 LAUNCH_DEFAULTS = Launch().model_dump()
 LAUNCHER_SET = ("deepspeed", "output_dir", "dataset_dir", "resume_from_checkpoint")  # train_sft.sh passes these
-# option -> why it cannot run under DeepSpeed ZeRO-3: each one LLaMA-Factory 0.9.5 itself refuses, in
-# llamafactory/hparams/parser.py (_verify_model_args / get_train_args, lines 369-413).
-ZERO3_INCOMPATIBLE = {
-    "predict_with_generate": "predict_with_generate is incompatible with DeepSpeed ZeRO-3",
-    "pure_bf16": "pure_bf16 is incompatible with DeepSpeed ZeRO-3",
-    "use_unsloth": "Unsloth is incompatible with DeepSpeed ZeRO-3",
-    "use_kt": "KTransformers is incompatible with DeepSpeed ZeRO-3",
-    "pissa_init": "PiSSA initialisation under ZeRO-3 needs scripts/pissa_init.py first",
-}
-# QLoRA under ZeRO-3: LLaMA-Factory loads a 4-bit bitsandbytes model without a device map there
-# (llamafactory/model/model_utils/quantization.py, configure_quantization: "Only 4-bit quantized model
-# can use fsdp+qlora"), and refuses HQQ and EETQ ("... is incompatible with DeepSpeed ZeRO-3 or FSDP").
-ZERO3_QUANTIZATION = {"bnb": (4,), "hqq": (), "eetq": ()}
-# llamafactory/hparams/parser.py, _verify_model_args (lines 186-202): refused with a quantized model.
-QUANTIZED_INCOMPATIBLE = {
-    "resize_vocab": "cannot resize embedding layers of a quantized model",
-    "pissa_init": "PiSSA on a quantized model needs scripts/pissa_init.py first",
-}
+# The stages lfx runs: each has its tested path through train_sft.sh, merge, eval and upload.
+STAGES = ("sft",)
 
 
 def names(value: Any) -> list[str]:
@@ -138,14 +121,6 @@ class RecipeRules(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def streaming_needs_steps(self):
-        # llamafactory/hparams/parser.py:356-357: "Please specify `max_steps` in streaming mode."
-        if self.streaming and (self.max_steps is None or self.max_steps == -1):
-            raise FieldProblem("max_steps", "streaming datasets have no length: set max_steps (LLaMA-Factory refuses "
-                               "streaming without it at launch: llamafactory/hparams/parser.py:357)")  # fmt: skip
-        return self
-
-    @model_validator(mode="after")
     def ranges(self):
         if self.max_steps is not None and (self.max_steps == 0 or self.max_steps < -1):
             raise FieldProblem("max_steps", f"must be positive (or -1 for num_train_epochs), got {self.max_steps}")
@@ -172,65 +147,18 @@ class RecipeRules(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def launch_combinations(self):
-        zero3 = self.launch.zero_stage == 3
+    def what_lfx_runs(self):
+        """Our own rules (LLaMA-Factory judges its arguments itself in `lfx check`: recipe/upstream_rules.py)."""
+        stage = self.stage or "sft"
+        if stage not in STAGES:
+            raise FieldProblem("stage", f"'{stage}' is not a stage lfx runs (it runs: {', '.join(STAGES)})")
         if self.export_dir:
             # Training never reads it: only `llamafactory-cli export` does (llamafactory/train/tuner.py, export_model).
             raise FieldProblem("export_dir", "training ignores it (no merged model would be written): remove it, "
                                "train, then `lfx merge` the output")  # fmt: skip
-        bits = self.quantization_bit
-        adapters = [a for a in names(self.adapter_name_or_path) if a]
-        if len(adapters) > 1 and (zero3 or bits is not None):
-            # llamafactory/model/adapter.py, _setup_lora_tuning: "Cannot use multiple adapters in DeepSpeed ZeRO-3.";
-            # parser.py:202 "Quantized model only accepts a single adapter."
-            raise FieldProblem("adapter_name_or_path", "LLaMA-Factory takes a single adapter under "
-                               f"{'DeepSpeed ZeRO-3' if zero3 else 'quantization'}; merge the earlier ones into the base "
-                               "first (lfx merge)")  # fmt: skip
-        if zero3:
-            for key, why in ZERO3_INCOMPATIBLE.items():
-                if getattr(self, key):
-                    raise FieldProblem(key, why)
-            method = str(self.quantization_method or "bnb")
-            if bits is not None and bits not in ZERO3_QUANTIZATION.get(method, (bits,)):
-                what = "only 4-bit bitsandbytes QLoRA" if method == "bnb" else f"no {method} quantization"
-                raise FieldProblem("quantization_bit", f"LLaMA-Factory trains {what} under DeepSpeed ZeRO-3 (got "
-                                   f"{bits}-bit {method}): use quantization_bit 4 or zero_stage 2")  # fmt: skip
-        if bits is not None:
-            for key, why in QUANTIZED_INCOMPATIBLE.items():
-                if getattr(self, key):
-                    raise FieldProblem(key, why)
-            if self.adapter_name_or_path and self.create_new_adapter:
-                raise FieldProblem("create_new_adapter", "cannot create a new adapter upon a quantized model")
-            if (self.finetuning_type or "lora") not in ("lora", "oft"):
-                raise FieldProblem("quantization_bit", "quantized training needs finetuning_type lora (QLoRA)")
-        if self.bf16 and self.fp16:
-            raise FieldProblem("fp16", "bf16 and fp16 are both set; choose one")
         gpu = gpu_table().get(self.launch.gpu_type or "")
         if gpu and (self.bf16 or self.pure_bf16) and not gpu["bf16"]:
             raise FieldProblem("bf16", f"{self.launch.gpu_type} has no bf16 support; use fp16: true (or another GPU type)")
-        if (self.eval_strategy or "no") != "no" and not (self.val_size or self.eval_dataset):
-            # llamafactory/hparams/parser.py:364 ("Please make sure eval_dataset be provided or val_size >1e-6")
-            raise FieldProblem("eval_strategy", f"'{self.eval_strategy}' needs val_size or eval_dataset")
-        return self
-
-    @model_validator(mode="after")
-    def llamafactory_post_init(self):
-        """LLaMA-Factory's own refusals in its argument dataclasses' __post_init__ (data_args.py,
-        finetuning_args.py), run on the recipe's values: the line it would die on at launch, cited."""
-        from llamafactory.hparams import DataArguments, FinetuningArguments
-
-        values = self.model_dump(exclude_unset=True)
-        for cls in (DataArguments, FinetuningArguments):
-            keys = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
-            try:
-                cls(**keys)
-            except ValueError as err:
-                frame = traceback.extract_tb(err.__traceback__)[-1]
-                where = frame.filename.split("site-packages/")[-1]
-                text = " ".join(str(err).split()).rstrip(".")
-                field = next(iter(re.findall(r"`(\w+)`", text)), "")
-                raise FieldProblem(field if field in values else "", f"{text} (LLaMA-Factory refuses it at launch: "
-                                   f"{where}:{frame.lineno})") from None  # fmt: skip
         return self
 
 
