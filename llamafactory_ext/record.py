@@ -123,19 +123,21 @@ def read_run_file(run_dir: str | Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def workspace() -> Path | None:
+def workspace(environ: dict[str, str] | None = None) -> Path | None:
     """The pod's writable volume: LFX_WORKSPACE, else /workspace when it exists and is writable."""
-    folder = Path(os.environ.get("LFX_WORKSPACE") or "/workspace")
+    env = os.environ if environ is None else environ
+    folder = Path(env.get("LFX_WORKSPACE") or "/workspace")
     return folder if folder.is_dir() and os.access(folder, os.W_OK) else None
 
 
-def output_root(run_dir: str | Path) -> Path:
-    """Where a run folder's outputs are (the same rule as _common.sh.j2): OUTPUT_ROOT, else the workspace's
-    lfx-runs/RUN_ID, else the run folder."""
-    if os.environ.get("OUTPUT_ROOT"):
-        return Path(os.environ["OUTPUT_ROOT"])
+def output_root(run_dir: str | Path, environ: dict[str, str] | None = None) -> Path:
+    """Where a run folder's outputs are: OUTPUT_ROOT, else the workspace volume's lfx-runs/RUN_ID (a pod's
+    /workspace survives the pod), else the run folder itself."""
+    env = os.environ if environ is None else environ
+    if env.get("OUTPUT_ROOT"):
+        return Path(env["OUTPUT_ROOT"])
     info = read_run_file(run_dir)
-    space = workspace()
+    space = workspace(env)
     if info and space is not None:
         return space / "lfx-runs" / info["run_id"]
     return Path(run_dir)

@@ -11,8 +11,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "llamafactory_ext"
 # Bottom first. A unit is a top-level module or subpackage of llamafactory_ext.
 LAYERS = [
     # the shared contract every command uses: errors, files, secrets, paths, the Hub's rules, model resolution,
-    # the run record and where a run's outputs are
-    {"errors", "paths", "files", "secrets", "hub", "validation", "pypi", "models", "record"},
+    # the run record and where a run's outputs are, the pod a run may stop
+    {"errors", "paths", "files", "secrets", "hub", "validation", "pypi", "models", "record", "pod"},
     {"persona", "recipe", "tiny"},  # what a run is made of: templates, datasets, recipes
     {"preflight", "inference", "artifact"},  # checks, generation, model files
     {"evaluation", "export", "upload", "run", "serve", "fetch", "train"},  # the commands' own work

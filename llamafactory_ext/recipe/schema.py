@@ -47,6 +47,19 @@ class Launch(BaseModel):
     hub_repo: Optional[StrictStr] = None
     global_batch_size: Optional[PositiveInt] = None
     gpu_type: Optional[StrictStr] = None
+    stop_pod_when_done: StrictBool = Field(False, description="On a RunPod pod, stop the pod when the run ends (after merge "
+                                           "and upload, or after a failure); RUNPOD_STOP_WHEN_DONE=0/1 overrides it.")
+    max_wall_time: Optional[StrictStr] = Field(None, description="On a RunPod pod, stop the pod this long after a start "
+                                               "whatever the run is doing (e.g. 12h, 90m, 2d); LFX_MAX_WALL_TIME overrides it.")
+
+    @field_validator("max_wall_time")
+    @classmethod
+    def wall_time_is_a_duration(cls, value):
+        from ..pod import duration_seconds
+
+        if value is not None and duration_seconds(value) is None:
+            raise ValueError(f"'{value}' is not a duration (e.g. 12h, 90m, 2d, 3600s)")
+        return value
 
     @field_validator("hub_repo")
     @classmethod

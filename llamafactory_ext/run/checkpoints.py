@@ -15,14 +15,13 @@ Incomplete checkpoints newer than the chosen one are moved aside into `OUTPUT_DI
 deleted): out of the `checkpoint-*` namespace, so nothing picks them up later, neither LLaMA-Factory's own
 resume nor transformers' checkpoint rotation (`save_total_limit` globs `checkpoint-*`; a
 `checkpoint-4.incomplete` there would take a slot and could make it delete a complete checkpoint).
-`train_sft.sh` runs this as `python -m llamafactory_ext.run.checkpoints OUTPUT_DIR` before every launch.
+The launch plan (run/launch_plan.py) reads the resume point before every launch.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import sys
 import zipfile
 from pathlib import Path
 
@@ -31,8 +30,9 @@ PICKLES = (".pt", ".pth", ".bin")
 SET_ASIDE = ".incomplete"
 
 
-def problem(folder: Path) -> str | None:
-    """Why `folder` is not a complete checkpoint, or None when it is."""
+def problem(folder: Path, verify_weights: bool = True) -> str | None:
+    """Why `folder` is not a complete checkpoint, or None when it is. Without `verify_weights` (safetensors not
+    installed yet, on a bare pod's python) the weights are not opened."""
     step = int(CHECKPOINT.match(folder.name).group(1))
     state_file = folder / "trainer_state.json"
     if not state_file.is_file():
@@ -47,7 +47,7 @@ def problem(folder: Path) -> str | None:
         if not path.is_file():
             continue
         name = path.relative_to(folder)
-        if path.suffix == ".safetensors":
+        if path.suffix == ".safetensors" and verify_weights:
             from ..artifact.shards import problem as shard_problem
 
             why = shard_problem(path)
@@ -71,11 +71,11 @@ def checkpoints(output_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(CHECKPOINT.match(p.name).group(1)))
 
 
-def resume_point(output_dir: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+def resume_point(output_dir: str | Path, verify_weights: bool = True) -> tuple[Path | None, list[tuple[Path, str]]]:
     """The newest complete checkpoint (None: start from scratch), and the newer incomplete ones with why."""
     skipped: list[tuple[Path, str]] = []
     for folder in reversed(checkpoints(Path(output_dir))):
-        why = problem(folder)
+        why = problem(folder, verify_weights)
         if why is None:
             return folder, skipped
         skipped.append((folder, why))
@@ -93,26 +93,3 @@ def set_aside(folder: Path) -> Path:
         target = aside / f"{folder.name}.{n}"
     folder.rename(target)
     return target
-
-
-def main(argv: list[str]) -> int:
-    """`python -m llamafactory_ext.run.checkpoints OUTPUT_DIR [--dry-run]`: prints the resume point (or
-    nothing), warns about each incomplete checkpoint on stderr and, unless --dry-run, sets it aside."""
-    args = [a for a in argv if a != "--dry-run"]
-    if len(args) != 1:
-        print("usage: python -m llamafactory_ext.run.checkpoints OUTPUT_DIR [--dry-run]", file=sys.stderr)
-        return 2
-    dry = "--dry-run" in argv
-    chosen, skipped = resume_point(args[0])
-    for folder, why in skipped:
-        if dry:
-            print(f"warning: {folder}: incomplete, would be skipped and set aside: {why}", file=sys.stderr)
-        else:
-            print(f"warning: {folder}: incomplete, skipped and moved to {set_aside(folder)}: {why}", file=sys.stderr)
-    if chosen is not None:
-        print(chosen)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -6,14 +6,13 @@ batch). Its run id is `NAME-IDENT8`. Outputs go to `$OUTPUT_ROOT`: by default `/
 on a pod (`LFX_WORKSPACE` names another volume), else the run folder itself. The output folder is marked
 with the run id that trained into it (`output/.lfx_run_id`), and no other identity writes into it.
 
-Standard library only (train_sft.sh calls `python -m llamafactory_ext.run.identity` before installing).
+Standard library only (the launch plan decides with a pod's bare python, before any install).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -76,34 +75,45 @@ def set_aside(folder: Path, label: str) -> Path | None:
     return target
 
 
-def claim(output_root: Path, rid: str, fresh: bool, dry: bool) -> tuple[str, str]:
-    """Decide what a start of run `rid` does with `output_root` ('train', 'finished' or 'refuse') and why.
-    Unless `dry`: `fresh` moves earlier outputs aside (never deletes), and the output folder is marked."""
-    output_dir, merged = output_root / "output", output_root / "merged"
-    found = owner(output_dir)
-    state = status(output_dir)
+class ClaimRefused(Exception):
+    """The output folder is not this run's to train into (another start claimed it meanwhile)."""
+
+
+def decide_claim(output_root: Path, rid: str, found: str | None, state: str, fresh: bool) -> tuple[str, str, str | None]:
+    """What a start of run `rid` does with `output_root`, from the output folder's owner (`found`) and `state`:
+    ('train', what it does, label to move earlier outputs aside under or None), ('finished', why, None) or
+    ('refuse', why, None)."""
+    output_dir = output_root / "output"
     if found not in (None, rid):
         if not fresh:
             return "refuse", (f"{output_dir} holds the outputs of run {found}, this render is {rid}: render into another "
                               f"folder (lfx render ... -o DIR), set OUTPUT_ROOT, or start with --fresh to move them aside "
-                              f"to output.{found}")  # fmt: skip
+                              f"to output.{found}"), None  # fmt: skip
         label = found
     elif state == "finished" and not fresh:
-        return "finished", f"run {rid} is done: its outputs are in {output_root} (--fresh trains it again into a fresh output folder)"
+        return "finished", f"run {rid} is done: its outputs are in {output_root} (--fresh trains it again into a fresh output folder)", None
     elif fresh and state != "empty":
         label = f"{rid}.{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
     else:
         label = None
-    if dry:
-        moved = f"; would move {output_dir} aside to output.{label}" if label else ""
-        return "train", f"would train run {rid} into {output_dir}{moved}"
+    moved = f"; earlier outputs move aside to output.{label}" if label else ""
+    return "train", f"train run {rid} into {output_dir}{moved}", label
+
+
+def claim(output_root: Path, rid: str, fresh: bool) -> str:
+    """Claim `output_root` for run `rid` (after every check passed): earlier outputs moved aside under the label
+    decide_claim gives (never deleted), the output folder marked with the run id. Returns what was done."""
+    output_dir, merged = output_root / "output", output_root / "merged"
+    what, why, label = decide_claim(output_root, rid, owner(output_dir), status(output_dir), fresh)
+    if what != "train":
+        raise ClaimRefused(why)
     said = ""
     if label:
         moved = [str(p) for p in (set_aside(output_dir, label), set_aside(merged, label)) if p]
         said = f"; earlier outputs moved to {', '.join(moved)}" if moved else ""
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / MARKER).write_text(rid + "\n", encoding="utf-8")
-    return "train", f"training run {rid} into {output_dir}{said}"
+    return f"training run {rid} into {output_dir}{said}"
 
 
 def mark_done(output_dir: str | Path) -> None:
@@ -129,33 +139,3 @@ def runs_table(space: str | Path | None = None) -> list[str]:
                  "evaluated" if any((folder / d / "eval.json").is_file() for d in ("merged", "output")) else "not evaluated"]  # fmt: skip
         lines.append(f"  {folder.name}  {', '.join(parts)}  ({folder})")
     return lines
-
-
-def main(argv: list[str]) -> int:
-    """`python -m llamafactory_ext.run.identity claim OUTPUT_ROOT RUN_ID [--fresh] [--dry-run] [--peek]`: prints
-    `train`, `finished` or `refuse` on stdout and why on stderr (exit 2 on refuse); `--peek` looks without
-    writing and says why only for a finished or refused start (the script peeks before its checks and claims
-    after them); `... finished OUTPUT_DIR`: marks a finished training."""
-    if len(argv) >= 3 and argv[0] == "claim":
-        known = {"--fresh", "--dry-run", "--peek"}
-        flags = set(argv[3:])
-        if flags - known:
-            print(f"unknown option {sorted(flags - known)[0]}", file=sys.stderr)
-            return 2
-        peek = "--peek" in flags
-        what, why = claim(Path(argv[1]), argv[2], "--fresh" in flags, peek or "--dry-run" in flags)
-        print(what)
-        if not (peek and what == "train"):
-            print(f"train_sft.sh: {'error: ' if what == 'refuse' else ''}{why}", file=sys.stderr)
-        return 2 if what == "refuse" else 0
-    if len(argv) == 2 and argv[0] == "finished":
-        mark_done(argv[1])
-        return 0
-    print("usage: python -m llamafactory_ext.run.identity claim OUTPUT_ROOT RUN_ID [--fresh] [--dry-run] [--peek] | "
-          "finished OUTPUT_DIR",
-          file=sys.stderr)  # fmt: skip
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

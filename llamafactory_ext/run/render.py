@@ -21,6 +21,7 @@ from ..record import RUN_FILE
 from . import identity
 
 SCRIPTS = ("train_sft.sh", "merge_upload.sh")
+MIN_FREE_DISK_GB = 20  # checkpoints of a 8B LoRA run and the merged model, with room to spare
 SOURCE_DIRS = ("llamafactory_ext", "templates", "datasets", "deepspeed_configs", "launch", "tests")
 
 
@@ -90,9 +91,12 @@ def render(recipe_path: str | Path, out_dir: str | Path, preset: str | None = No
     written = [_write(out / name, text) for name, text in files.items()]
     shape = f"{recipe.launch['nodes']}x{recipe.launch['gpus']}"
     rid = identity.run_id(recipe.name, identity.compute(out, shape))
-    written.append(_write(out / RUN_FILE, dump_json({"name": recipe.name, "run_id": rid, "processes": shape})))
-    context = {"recipe_path": recipe.path.name, "run_name": recipe.name, "run_id": rid, "launch": recipe.launch,
-               "min_free_disk_gb": 20}  # fmt: skip
+    # What a start decides from, readable with a pod's bare python (run/launch_plan.py).
+    run_file = {"name": recipe.name, "run_id": rid, "processes": shape, "launch": recipe.launch,
+                "stage": recipe.args.get("stage", "sft"), "finetuning_type": recipe.args.get("finetuning_type", "lora"),
+                "min_free_disk_gb": MIN_FREE_DISK_GB}  # fmt: skip
+    written.append(_write(out / RUN_FILE, dump_json(run_file)))
+    context = {"recipe_path": recipe.path.name, "run_id": rid}
     for name in SCRIPTS:
         written.append(_write(out / name, env.get_template(f"{name}.j2").render(**context)))
         (out / name).chmod(0o755)
