@@ -42,8 +42,8 @@ def test_ironman_recipe_is_the_seed_run(tmp_path):
     assert args["bf16"] is True
     ds = json.loads((tmp_path / "ds_config.json").read_text())
     assert ds["zero_optimization"]["stage"] == 3
-    script = (tmp_path / "train_sft.sh").read_text()
-    assert "RENDERED_GPUS=2\n" in script and 'LAUNCHER="${LAUNCHER:-deepspeed}"' in script
+    launch = json.loads((tmp_path / "run.json").read_text())["launch"]  # what every start decides from
+    assert (launch["gpus"], launch["launcher"]) == (2, "deepspeed")
 
 
 BAD_RECIPES = {

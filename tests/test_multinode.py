@@ -62,9 +62,9 @@ BAD_NODE_SETTINGS = {
     "port_text": ({"MASTER_PORT": "http"}, "MASTER_PORT='http' is not a port (1-65535)"),
     "worker_without_primary": ({"NNODES": "2", "NODE_RANK": "1"}, "NODE_RANK=1 needs MASTER_ADDR, the address of node 0"),
     "cluster_has_more_nodes": ({"NUM_NODES": "4", "NUM_TRAINERS": "1", "NODE_RANK": "0", "PRIMARY_ADDR": "127.0.0.1"},
-                               "rendered for 2 node(s) x 1 GPU(s), here 4 x 1: re-render it with --nodes 4 --gpus 1"),
+                               "rendered for 2 node(s) x 1 GPU(s), here 4 x 1 (NUM_NODES, NUM_TRAINERS): re-render it with --nodes 4 --gpus 1"),
     "cluster_has_more_gpus": ({"NUM_NODES": "2", "NUM_TRAINERS": "8", "NODE_RANK": "0", "PRIMARY_ADDR": "127.0.0.1"},
-                              "here 2 x 8: re-render it with --nodes 2 --gpus 8"),
+                              "here 2 x 8 (NUM_NODES, NUM_TRAINERS): re-render it with --nodes 2 --gpus 8"),
 }
 
 

@@ -86,25 +86,34 @@ def _pod_python(tmp_path: Path) -> Path:
 
 
 def test_real_install_path_adds_companions_and_the_repo_and_keeps_torch(tiny_llama3, tmp_path):
-    """train_sft.sh on a pod whose python has only torch: torchaudio/torchvision come from the index
-    (here LFX_TORCH_INDEX=PyPI, whose 2.11.0 wheels are the cu130 builds this torch is), the repo is
-    installed with torch pinned, torch is verified unchanged, then the run's check runs in that python."""
+    """train_sft.sh on a pod whose python has only torch: the dry run prints the plan with that bare python (what
+    it would install, which checks it cannot make there and why); the real start installs torchaudio/torchvision
+    from the index (here LFX_TORCH_INDEX=PyPI, whose 2.11.0 wheels are the cu130 builds this torch is) and the
+    repo with torch pinned, verifies torch unchanged, runs the run's check in that python, and trains."""
     pod = _pod_python(tmp_path)
     before = subprocess.run([str(pod), "-c", "import torch; print(torch.__version__, torch.version.cuda)"],
                             capture_output=True, text=True, check=True).stdout  # fmt: skip
     assert subprocess.run([str(pod), "-c", "import torchaudio"], capture_output=True).returncode != 0
-    recipe = write_recipe(tmp_path / "tiny.yaml", tiny_recipe_dict(tiny_llama3))
+    recipe = write_recipe(tmp_path / "tiny.yaml", tiny_recipe_dict(tiny_llama3, max_steps=1, launch={"gpus": 1, "zero_stage": 3,
+                                                                                                     "launcher": "torchrun"}))  # fmt: skip
     run = tmp_path / "run"
     assert lfx("render", str(recipe), "-o", str(run)).exit_code == 0
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.update(PYTHON=str(pod), LFX_REPO=str(REPO), LFX_DEVICE="cuda", PATH="/usr/bin:/bin", LFX_TORCH_INDEX="https://pypi.org/simple",
-               MIN_FREE_DISK_GB="1", PIP_DISABLE_PIP_VERSION_CHECK="1")  # fmt: skip
-    proc = subprocess.run([str(run / "train_sft.sh")], env=env, capture_output=True, text=True, timeout=1200)
+    env.update(PYTHON=str(pod), LFX_REPO=str(REPO), LFX_DEVICE="cpu", PATH="/usr/bin:/bin", LFX_TORCH_INDEX="https://pypi.org/simple",
+               MIN_FREE_DISK_GB="1", PIP_DISABLE_PIP_VERSION_CHECK="1", HUB_REPO="tony/iron--man")  # fmt: skip
+    dry = subprocess.run([str(run / "train_sft.sh"), "--dry-run"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "lfx check: not made here: deepspeed, llamafactory not installed" in dry.stdout
+    assert "Hub repo id tony/iron--man: its shape only (huggingface_hub is not installed here" in dry.stdout
+    assert f"node 0 would run: {pod} -m torch.distributed.run" in dry.stdout
+    proc = subprocess.run([str(run / "train_sft.sh")], env={**env, "HUB_REPO": "tony/iron-man"}, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=1800)  # fmt: skip
     log = proc.stdout + proc.stderr
-    assert proc.returncode == 2 and "no GPU visible" in proc.stderr, log[-4000:]  # installed, checked, then stopped
+    assert proc.returncode == 0, log[-4000:]
     assert f"+ {pod} -m pip install --no-deps --index-url https://pypi.org/simple torchaudio==2.11.0 torchvision==0.26.0" in log
     assert f"+ {pod} -m pip install --constraint <file: torch==2.11.0> -e {REPO}" in log
     assert "ok:" in proc.stdout  # lfx check ran in the pod's python
+    assert (run / "output" / "adapter_model.safetensors").is_file()
     after = subprocess.run([str(pod), "-c", "import torch, torchaudio, llamafactory; print(torch.__version__, torch.version.cuda)"],
                            capture_output=True, text=True, timeout=300)  # fmt: skip
     assert after.returncode == 0 and after.stdout == before, after.stderr[-2000:]

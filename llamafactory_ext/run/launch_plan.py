@@ -126,9 +126,10 @@ class Plan:
 
 # --- reading the machine --------------------------------------------------------------------------------------
 
-def gather(run_dir: str | Path, env: dict[str, str], fresh: bool = False, dry: bool = False, background: bool = False,
-           python: str = sys.executable) -> Facts:  # fmt: skip
-    """Read what the plan depends on. Writes nothing."""
+def gather(run_dir: str | Path, env: dict[str, str], fresh: bool = False, dry: bool = False, background: bool = False) -> Facts:
+    """Read what the plan depends on. Writes nothing. Every step runs with PYTHON (the interpreter train_sft.sh
+    chose), else this one."""
+    python = env.get("PYTHON") or sys.executable
     run_dir = Path(run_dir).resolve()
     run = read_run_file(run_dir)
     if not run or "run_id" not in run or "launch" not in run:
@@ -253,9 +254,10 @@ def decide(f: Facts) -> Plan:
     # the shape: RunPod Instant Cluster variables, else the usual ones, else the recipe's
     nodes_var, nodes = _count(env, ("NNODES", "NUM_NODES"), launch["nodes"])
     procs_var, procs = _count(env, ("NPROC_PER_NODE", "NUM_TRAINERS"), launch["gpus"])
-    _, rank = _count(env, ("NODE_RANK",), 0, zero_ok=True)
-    if rank >= nodes:
-        raise Refusal(f"NODE_RANK='{rank}' is outside 0..{nodes - 1}")
+    rank_text = env.get("NODE_RANK") or "0"
+    if not re.fullmatch(r"0|[1-9][0-9]*", rank_text) or int(rank_text) >= nodes:
+        raise Refusal(f"NODE_RANK='{rank_text}' is outside 0..{nodes - 1}")
+    rank = int(rank_text)
     port_var, port = next(((n, env[n]) for n in ("MASTER_PORT", "PRIMARY_PORT") if env.get(n)), ("MASTER_PORT", ""))
     if port and (not re.fullmatch(r"[1-9][0-9]*", port) or int(port) > 65535):
         raise Refusal(f"{port_var}='{port}' is not a port (1-65535)")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shlex
 import subprocess
 import sys
 import threading
@@ -202,7 +203,8 @@ def run_after(steps: list[Step], dry: bool, sinks: list[TextIO] | None = None) -
                 if run_logged([*step.argv, "--dry-run"], dict(os.environ), sinks) != 0:
                     return 2
             else:
-                _say(sinks, f"would {step.what}" + (" (once trained and merged)" if step.kind == "upload" else ""))
+                when = " (once trained and merged)" if step.kind == "upload" else ""
+                _say(sinks, f"would {step.what}{when}: {shlex.join(step.argv)}")
             continue
         _say(sinks, f"+ {step.what}")
         status = run_logged(step.argv, dict(os.environ), sinks)
@@ -218,6 +220,9 @@ def after_only(run_dir: str, checkpoint: str | None, dry: bool) -> int:
     facts = gather(run_dir, dict(os.environ), dry=dry)
     python, env = facts.python, facts.env
     adapter, merged, hub_repo = after_inputs(facts, upload=env_flag(env, "UPLOAD"))
+    if hub_repo and "huggingface_hub" in facts.installed:  # huggingface_hub's validator, as the upload applies it
+        if subprocess.call([python, "-m", "llamafactory_ext.hub", "repo-id", hub_repo, "merge_upload.sh"]) != 0:
+            return 2
     if checkpoint is not None:
         adapter = adapter / f"checkpoint-{checkpoint}"
     trained = trained_kind(adapter)
