@@ -209,8 +209,9 @@ def render(recipe, overrides, out_dir, preset, gpus, nodes, zero_stage, launcher
 @recipe_arguments
 @click.option("-o", "--out", "run_dir", default=None, type=click.Path(file_okay=False),
               help="Run folder to render into (default: runs/NAME, NAME the recipe's).")
-@click.option("--dry-run", is_flag=True, help="Render, then show what train_sft.sh would do; launch nothing.")
-@click.option("--background", is_flag=True, help="Train under nohup, logging to the output's train.log.")
+@click.option("--dry-run", is_flag=True, help="Render, then print the launch plan and make every check; launch nothing.")
+@click.option("--background", is_flag=True,
+              help="Check and claim here, then train in a detached process logging to the output's train.log.")
 @click.option("--fresh", is_flag=True, help="Move earlier outputs of the run folder aside and train from scratch.")
 def train(recipe, overrides, run_dir, dry_run, background, fresh):
     """Train RECIPE [key=value ...]: render it into a run folder and run that folder's train_sft.sh.

@@ -542,11 +542,11 @@ BAD_SCRIPT_ENV = {
     "upload_flag_not_0_or_1": ({"UPLOAD": "true"}, "UPLOAD='true' must be 0 or 1"),
     "device_gpu": ({"LFX_DEVICE": "gpu"}, "LFX_DEVICE='gpu' is not cuda or cpu"),
     "launcher_mpirun": ({"LAUNCHER": "mpirun"}, "LAUNCHER='mpirun' is not deepspeed or torchrun"),
-    "disk_not_a_number": ({"MIN_FREE_DISK_GB": "lots"}, "MIN_FREE_DISK_GB='lots' is not a whole number of GB"),
-    "timeout_zero": ({"LFX_RENDEZVOUS_TIMEOUT": "0"}, "LFX_RENDEZVOUS_TIMEOUT='0' is not a positive number of seconds"),
+    "disk_not_a_number": ({"MIN_FREE_DISK_GB": "lots"}, "MIN_FREE_DISK_GB='lots' is not a number"),
+    "timeout_zero": ({"LFX_RENDEZVOUS_TIMEOUT": "0"}, "LFX_RENDEZVOUS_TIMEOUT='0' is not a positive integer"),
     "hostfile_missing": ({"HOSTFILE": "/nonexistent/hostfile"}, "HOSTFILE='/nonexistent/hostfile' is not a file"),
     "merged_dir_inside_output": ({"MERGED_DIR": "__OUT__/output/merged"}, "is inside the output folder"),
-    "hub_repo_shape": ({"HUB_REPO": "tony ironman"}, "HUB_REPO='tony ironman' is not USER/NAME"),
+    "hub_repo_shape": ({"HUB_REPO": "tony ironman"}, "'tony ironman' is not USER/NAME"),
 }  # fmt: skip
 
 

@@ -207,3 +207,83 @@ def test_background_run_writes_to_the_workspace_volume_and_stops_the_pod(tiny_re
     assert stopped.read_text().strip() == "pod stop pod-123", log.read_text()[-3000:]
     assert (out / "adapter_model.safetensors").is_file() and not (run / "output").exists()
     assert "train_loss" in log.read_text() and f" start: run {run_id}, node 0 of 1, 2 process(es), resume none" in log.read_text()
+
+
+def _runpodctl(tmp_path: Path) -> tuple[Path, Path]:
+    """A stand-in for the runpodctl every pod has: records each call and the log's last line at that moment, and
+    (as a real stop would) ends the training of the run it was called for."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "runpodctl-calls.txt"
+    bin_dir.mkdir()
+    (bin_dir / "runpodctl").write_text('#!/usr/bin/env bash\n'
+                                       f'{{ echo "$*"; tail -n 1 "$OUTPUT_ROOT/train.log"; }} >> {calls}\n'
+                                       'pkill -f "output_dir=$OUTPUT_ROOT/output" || true\n')  # fmt: skip
+    (bin_dir / "runpodctl").chmod(0o755)
+    return bin_dir, calls
+
+
+def _pod_env(bin_dir: Path, root: Path, **extra: str) -> dict[str, str]:
+    return {"PATH": f"{bin_dir}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}", "RUNPOD_POD_ID": "q8vz1xk2rb7n3m",
+            "OUTPUT_ROOT": str(root), **extra}  # fmt: skip
+
+
+def test_background_refusals_and_finished_runs_are_told_in_the_foreground(tiny_recipe, tmp_path):
+    """--background forks only the training: another render's outputs, a failing check and a finished run are
+    each said here, with their exit status, and nothing is claimed, logged or started."""
+    run = tmp_path / "run"
+    assert _render(tiny_recipe, run, "--launcher", "torchrun").exit_code == 0
+    rid = json.loads((run / "run.json").read_text())["run_id"]
+    cases = {
+        "another render": (lambda out: ((out / ".lfx_run_id").write_text("tiny-0badc0de\n"), (out / "adapter_model.safetensors").write_bytes(b"x")),
+                           {"LFX_SKIP_CHECK": "1"}, 2, "holds the outputs of run tiny-0badc0de"),
+        "finished": (lambda out: ((out / ".lfx_run_id").write_text(rid + "\n"), (out / ".lfx_done").write_text("2026-12-01\n")),
+                     {"LFX_SKIP_CHECK": "1"}, 0, f"run {rid} is done"),
+        "failing check": (lambda out: (run / "data" / "ironman.json").write_text("[]", encoding="utf-8"), {}, 2, "ironman.json"),
+    }  # fmt: skip
+    for case, (prepare, extra, status, message) in cases.items():
+        root = tmp_path / case.replace(" ", "-")
+        (root / "output").mkdir(parents=True)
+        prepare(root / "output")
+        before = snapshot(root)
+        proc = _run_in(run, ["--background"], {"OUTPUT_ROOT": str(root), **extra})
+        assert proc.returncode == status, (case, proc.stdout[-2000:], proc.stderr[-2000:])
+        assert message in proc.stderr and "training in the background" not in proc.stdout, (case, proc.stderr)
+        assert snapshot(root) == before and not (root / "train.log").exists(), case
+
+
+def test_a_failed_training_stops_the_pod_once_its_log_is_on_the_volume(tiny_recipe, tmp_path):
+    run = tmp_path / "run"
+    assert _render(tiny_recipe, run, "--launcher", "torchrun").exit_code == 0
+    (run / "data" / "ironman.json").write_text("[]", encoding="utf-8")  # the data breaks after the check
+    bin_dir, calls = _runpodctl(tmp_path)
+    root = tmp_path / "workspace" / "run"
+    proc = _run_in(run, [], _pod_env(bin_dir, root, LFX_SKIP_CHECK="1", RUNPOD_STOP_WHEN_DONE="1"))
+    assert proc.returncode not in (0, 2, 3), proc.stderr[-3000:]  # the training's own status
+    said = calls.read_text().splitlines()
+    assert said[0] == "pod stop q8vz1xk2rb7n3m" and f" end: run {json.loads((run / 'run.json').read_text())['run_id']}" in said[1]
+    assert said[1].endswith(f"status {proc.returncode}") and len(said) == 2
+
+
+def test_the_max_wall_time_stops_the_pod_while_training_runs(tiny_recipe, tmp_path):
+    """LFX_MAX_WALL_TIME=3s on a run of 400 steps started in the background: the pod is stopped 3 s in, with the
+    training still running (the stand-in ends it, as a real stop would); the log says how the run ended."""
+    import time
+
+    run = tmp_path / "run"
+    assert _render(tiny_recipe, run, "--launcher", "torchrun", "max_steps=400", "save_steps=1000").exit_code == 0
+    bin_dir, calls = _runpodctl(tmp_path)
+    root = tmp_path / "workspace" / "run"
+    start = time.monotonic()
+    proc = _run_in(run, ["--background"], _pod_env(bin_dir, root, LFX_SKIP_CHECK="1", LFX_MAX_WALL_TIME="3s"))
+    assert proc.returncode == 0 and "training in the background" in proc.stdout, proc.stderr[-3000:]
+    assert "whatever happens (max wall time)" in proc.stdout
+    while " end: " not in (root / "train.log").read_text() and time.monotonic() - start < 300:
+        time.sleep(1)
+    said = calls.read_text().splitlines()
+    assert said[0] == "pod stop q8vz1xk2rb7n3m" and " end: " not in said[1]  # stopped while training ran
+    assert not (root / "output" / ".lfx_done").exists() and time.monotonic() - start < 300
+
+
+def _run_in(run: Path, flags: list[str], env_extra: dict[str, str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "LFX_DEVICE": "cpu", "MIN_FREE_DISK_GB": "1",
+           "PYTHONUNBUFFERED": "1", **env_extra}  # fmt: skip
+    return subprocess.run([str(run / "train_sft.sh"), *flags], env=env, capture_output=True, text=True, timeout=600)

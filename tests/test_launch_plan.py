@@ -225,3 +225,14 @@ def test_gather_reads_a_rendered_run_folder_and_its_outputs(tmp_path):
     assert facts.resume == str(out / "checkpoint-2") and facts.incomplete[0][0] == str(out / "checkpoint-4")
     with pytest.raises(Refusal, match="not a run folder"):
         gather(tmp_path, {})
+
+
+def test_a_plan_asked_for_in_a_folder_that_is_not_a_run_folder_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "llamafactory_ext.run.start", str(tmp_path), "--dry-run"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [f"train_sft.sh: error: {tmp_path}: not a run folder (no run.json with a "
+                                                "launch block: render one with `lfx render RECIPE -o DIR`)"]  # fmt: skip

@@ -104,6 +104,8 @@ class Plan:
     commands: dict[int, list[str]]  # the launch command of each node (a dry run shows every node's)
     launch_env: dict[str, str]  # what the launch adds to the environment
     meeting: bool  # several nodes meet before the launch (run/lobby.py)
+    hostfile: str | None  # the hostfile this start writes for DeepSpeed's launcher (several nodes, no HOSTFILE)
+    trained: str  # what training leaves: "adapter" (merged after) or "model" (full or freeze: the model itself)
     rendezvous_timeout: int
     after: list[Step]  # on node 0 once training finished: merge, eval, upload
     pod_id: str | None
@@ -207,13 +209,13 @@ def _free_port() -> int:
 # --- deciding -------------------------------------------------------------------------------------------------
 
 def env_flag(env: dict[str, str], name: str, default: bool = False) -> bool:
-    """A 0/1 setting from the environment (true/false too); anything else is refused, not read as off."""
+    """A 0/1 setting from the environment; anything else is refused, not read as off."""
     value = env.get(name, "")
     if value == "":
         return default
-    if value.lower() not in ("0", "1", "true", "false"):
+    if value not in ("0", "1"):
         raise Refusal(f"{name}='{value}' must be 0 or 1")
-    return value.lower() in ("1", "true")
+    return value == "1"
 
 
 def _count(env: dict[str, str], names: tuple[str, ...], default: int, zero_ok: bool = False) -> tuple[str, int]:
@@ -334,6 +336,7 @@ def decide(f: Facts) -> Plan:
     if device == "cpu":
         args += ["ddp_backend=gloo", "bf16=false", "fp16=false"]
     hostfile = env.get("HOSTFILE") or str(root / f"hostfile.node{rank}")
+    written_hostfile = hostfile if launcher == "deepspeed" and nodes > 1 and not env.get("HOSTFILE") else None
     commands = {node: _launch_command(f.python, launcher, nodes, procs, node, addr, int(port), timeout, hostfile, slots, gpus,
                                       args) for node in range(nodes)}  # fmt: skip
 
@@ -363,6 +366,7 @@ def decide(f: Facts) -> Plan:
                 merged_dir=str(merged_dir), log=str(root / "train.log"), claim=what, claim_note=why,
                 resume=resume, set_aside=[] if f.fresh else list(f.incomplete), install=bool(missing), checks=checks,
                 notes=notes, warnings=warnings, commands=commands, launch_env=launch_env, meeting=nodes > 1,
+                hostfile=written_hostfile, trained=trained,
                 rendezvous_timeout=timeout, after=after, pod_id=pod_id, stop_when_done=stop_when_done and bool(pod_id),
                 stop_at=f.now + seconds if seconds and pod_id else None, reads=reads)  # fmt: skip
 
@@ -505,6 +509,8 @@ def lines(plan: Plan, dry: bool) -> list[str]:
             out.append(f"node {node} {'would run' if dry else 'runs'}: {shlex.join(command)}")
     if plan.after:
         out.append("then, on node 0:" if plan.nodes > 1 else "then:")
+        if plan.trained == "model":
+            out.append(f"  nothing to merge: {plan.output_dir} is the fine-tuned model itself (full or freeze fine-tuning)")
         out += [f"  {step.what}: {shlex.join(step.argv)}" for step in plan.after]
     if plan.pod_id and plan.stop_when_done:
         out.append(f"pod {plan.pod_id} stops when the run ends (after the steps above, or after a failure once the log is "

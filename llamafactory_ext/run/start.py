@@ -34,7 +34,7 @@ from . import checkpoints, identity
 from .launch_plan import Plan, Refusal, Step, after_steps, decide, gather, lines
 
 REPO = Path(__file__).resolve().parents[2]
-PLAN_FILE = "launch_plan.json"  # in OUTPUT_ROOT: what the last start decided (the background process reads it)
+PLAN_FILE = "launch_plan.node{rank}.json"  # in OUTPUT_ROOT: what a background start decided, for the process it starts
 USAGE = "usage: python -m llamafactory_ext.run.start RUN_DIR [--dry-run] [--fresh] [--background] | --after-only [--checkpoint N] [--dry-run]"
 
 
@@ -122,6 +122,7 @@ def install(python: str) -> None:
 def claim(plan: Plan, fresh: bool) -> None:
     """The output folder becomes this run's; with several nodes, after they met (one claimer on a shared volume)."""
     root = Path(plan.output_root)
+    shared = False
     if plan.meeting:
         from .lobby import LobbyError, host, join
 
@@ -143,26 +144,24 @@ def claim(plan: Plan, fresh: bool) -> None:
             print(f"node {plan.node_rank}: each node has its own {root}: every node saves its checkpoints")
         for node, command in plan.commands.items():
             plan.commands[node] = [*command, f"save_on_each_node={'false' if shared else 'true'}"]
-        if shared and plan.node_rank != 0:
-            return
-    said = identity.claim(root, plan.run_id, fresh)
-    print(said, file=sys.stderr)
-    for path, why in plan.set_aside:
-        moved = checkpoints.set_aside(Path(path))
-        print(f"warning: {path}: incomplete, skipped and moved to {moved}: {why}", file=sys.stderr)
+    if not (plan.meeting and shared and plan.node_rank != 0):  # on a shared volume node 0 alone claims
+        print(identity.claim(root, plan.run_id, fresh), file=sys.stderr)
+        for path, why in plan.set_aside:
+            moved = checkpoints.set_aside(Path(path))
+            print(f"warning: {path}: incomplete, skipped and moved to {moved}: {why}", file=sys.stderr)
+    if plan.hostfile:  # DeepSpeed wants every node and its slots listed (the names are not used: --no_ssh)
+        Path(plan.hostfile).write_text("".join(f"node{i} slots={plan.procs}\n" for i in range(plan.nodes)), encoding="utf-8")
     print(f"resuming from {plan.resume}" if plan.resume else f"starting from scratch (no complete checkpoint in {plan.output_dir})",
           flush=True)  # fmt: skip
-    (root / PLAN_FILE).write_text(plan.to_json() + "\n", encoding="utf-8")
 
 
 def launch_in_background(plan: Plan) -> int:
     """Only the training (and what follows it) is detached: it reads the plan this start decided and claimed."""
-    root = Path(plan.output_root)
-    (root / PLAN_FILE).write_text(plan.to_json() + "\n", encoding="utf-8")
+    plan_file = Path(plan.output_root) / PLAN_FILE.format(rank=plan.node_rank)
+    plan_file.write_text(plan.to_json() + "\n", encoding="utf-8")
     with open(plan.log, "a", encoding="utf-8") as log:
-        child = subprocess.Popen([sys.executable, "-m", "llamafactory_ext.run.start", plan.run_dir, "--execute",
-                                  str(root / PLAN_FILE)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                 start_new_session=True)  # fmt: skip
+        child = subprocess.Popen([sys.executable, "-m", "llamafactory_ext.run.start", plan.run_dir, "--execute", str(plan_file)],
+                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)  # fmt: skip
     print(f"training in the background (pid {child.pid}); follow it with: tail -f {plan.log}")
     return 0
 
@@ -189,6 +188,7 @@ def execute(plan: Plan, out: TextIO, tee_log: bool = False) -> int:
         log.flush()
         os.fsync(log.fileno())
     if plan.pod_id and plan.stop_when_done:
+        pod.stop_watchdog(Path(plan.output_root))  # this stop comes first
         print(f"stopping pod {plan.pod_id} (the run ended with status {status})", flush=True)
         pod.stop(plan.pod_id, say=lambda line: print(line, file=sys.stderr))
     return status
@@ -219,6 +219,8 @@ def after_only(run_dir: str, checkpoint: str | None, dry: bool) -> int:
 
     facts = gather(run_dir, dict(os.environ), dry=dry)
     python, env = facts.python, facts.env
+    for name in ("MERGE", "EVAL", "UPLOAD", "ADAPTER_ONLY", "HUB_PUBLIC"):
+        env_flag(env, name)  # refused here as in train_sft.sh (merge_upload.sh always merges)
     adapter, merged, hub_repo = after_inputs(facts, upload=env_flag(env, "UPLOAD"))
     if hub_repo and "huggingface_hub" in facts.installed:  # huggingface_hub's validator, as the upload applies it
         if subprocess.call([python, "-m", "llamafactory_ext.hub", "repo-id", hub_repo, "merge_upload.sh"]) != 0:
