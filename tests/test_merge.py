@@ -286,6 +286,8 @@ def test_merge_refuses_lora_bias(tiny_llama3, tmp_path):
                "(r=8, use_dora=False): size mismatch for lora_A.default.weight"),
     ({"rank_pattern": {"v_proj": 2}}, "module 'model.layers.0.self_attn.v_proj': does not fit peft's LoRA layer"),
     ({"use_dora": True}, "(r=4, use_dora=True): Missing key(s) in state_dict: \"lora_magnitude_vector.default.weight\""),
+    ({"layers_pattern": "layers"}, "adapter_config.json: peft cannot read it: When `layers_pattern` is specified, "
+                                   "`layers_to_transform` must also be specified."),
 ])  # fmt: skip
 def test_merge_refuses_tensors_that_do_not_fit_the_config(edit, message, adapter, tmp_path):
     config = json.loads((adapter / "adapter_config.json").read_text())
