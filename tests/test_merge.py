@@ -166,6 +166,97 @@ def _state(folder: Path) -> dict:
     return state
 
 
+def _trained_adapter(base: Path, out: Path, **lora) -> Path:
+    """A peft adapter after a few real training steps (A, B and DoRA's magnitude all move), saved by peft."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(3)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32),
+                           LoraConfig(task_type="CAUSAL_LM", **lora))  # fmt: skip
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    ids = _ids(base)
+    for _ in range(3):
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(str(out))
+    return out
+
+
+def _assert_merged_as_peft_merges(base: Path, adapter: Path, out: Path) -> None:
+    """Every tensor lfx wrote equals peft's merge_and_unload of the same base and adapter, and exactly the
+    weights the adapter holds LoRA tensors for differ from the base."""
+    from peft import PeftModel
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    with torch.no_grad():
+        model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+        theirs = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().state_dict()
+    ours, before = _state(out), _state(base)
+    assert set(ours) == set(before) and set(ours) <= set(theirs)
+    for name, tensor in ours.items():
+        torch.testing.assert_close(tensor, theirs[name], rtol=1e-5, atol=1e-6, msg=name)
+    with safe_open(str(adapter / "adapter_model.safetensors"), framework="pt") as f:
+        targeted = {key.removeprefix("base_model.model.").split(".lora_")[0] + ".weight" for key in f.keys() if ".lora_" in key}
+    assert {name for name in ours if not torch.equal(ours[name], before[name])} == targeted
+
+
+DORA_AND_PATTERNS = {
+    "dora": dict(r=8, lora_alpha=16, use_dora=True, target_modules=["embed_tokens", "q_proj", "v_proj", "down_proj"]),
+    "dora_rslora_and_patterns": dict(r=8, lora_alpha=16, use_dora=True, use_rslora=True, target_modules="all-linear",
+                                     rank_pattern={"q_proj": 4, r"layers\.1\.mlp\.down_proj": 2},
+                                     alpha_pattern={"v_proj": 3, "up_proj": 40}),
+    "rslora_and_patterns": dict(r=8, lora_alpha=16, use_rslora=True, target_modules=["embed_tokens", "q_proj", "v_proj", "o_proj",
+                                                                                       "up_proj", "down_proj"],
+                                rank_pattern={"embed_tokens": 2, "q_proj": 4, r"layers\.1\.mlp\.down_proj": 2},
+                                alpha_pattern={"v_proj": 3, "embed_tokens": 5, "up_proj": 40}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", sorted(DORA_AND_PATTERNS))
+def test_merge_equals_peft_tensor_by_tensor(variant, tiny_llama3, tmp_path, monkeypatch):
+    """DoRA (linear and embedding), rsLoRA and rank/alpha patterns, trained with peft; merged a few output rows
+    at a time (BLOCK made small), as the weights of a large model are."""
+    from llamafactory_ext.artifact import merge as merge_module
+
+    monkeypatch.setattr(merge_module, "BLOCK", 1000)
+    adapter = _trained_adapter(tiny_llama3, tmp_path / "adapter", **DORA_AND_PATTERNS[variant])
+    out = tmp_path / "merged"
+    result = lfx("merge", str(adapter), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    _assert_merged_as_peft_merges(tiny_llama3, adapter, out)
+
+
+@pytest.fixture
+def tiny_gpt2(tiny_llama3, tmp_path) -> Path:
+    """A tiny GPT-2: its attention and MLP layers are transformers' Conv1D, stored (in, out), which peft
+    merges with fan_in_fan_out."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    vocab = json.loads((tiny_llama3 / "config.json").read_text())["vocab_size"]
+    folder = tmp_path / "tiny-gpt2"
+    GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=128)).save_pretrained(str(folder))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(tiny_llama3 / name, folder / name)
+    return folder
+
+
+def test_merge_of_a_dora_adapter_on_conv1d_layers_equals_peft(tiny_gpt2, tmp_path, monkeypatch):
+    from llamafactory_ext.artifact import merge as merge_module
+
+    monkeypatch.setattr(merge_module, "BLOCK", 1000)
+    adapter = _trained_adapter(tiny_gpt2, tmp_path / "adapter", r=4, lora_alpha=8, use_dora=True,
+                               target_modules=["c_attn", "c_proj", "c_fc"])  # fmt: skip
+    assert json.loads((adapter / "adapter_config.json").read_text())["fan_in_fan_out"] is True  # what peft writes
+    out = tmp_path / "merged"
+    result = lfx("merge", str(adapter), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    _assert_merged_as_peft_merges(tiny_gpt2, adapter, out)
+
+
 # --- bad input: one line, exit 2, nothing half-written ------------------------------------------
 
 
@@ -184,10 +275,24 @@ def _refused(args: list[str], message: str, watch: Path) -> None:
     assert not [p for p in watch.rglob(".*partial*")]
 
 
-def test_merge_refuses_dora(tiny_llama3, tmp_path):
-    dora = _make_adapter(tiny_llama3, tmp_path / "dora", r=4, target_modules=["q_proj"], use_dora=True)
-    _refused([str(dora), "-o", str(tmp_path / "out")], "field 'use_dora': lfx merge does not support DoRA", tmp_path)
+def test_merge_refuses_lora_bias(tiny_llama3, tmp_path):
+    biased = _make_adapter(tiny_llama3, tmp_path / "biased", r=4, target_modules=["q_proj"], lora_bias=True)
+    _refused([str(biased), "-o", str(tmp_path / "out")], "field 'lora_bias': lfx merge does not support LoRA bias", tmp_path)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("edit,message", [
+    ({"r": 8}, "module 'model.layers.0.self_attn.q_proj': does not fit peft's LoRA layer for adapter_config.json "
+               "(r=8, use_dora=False): size mismatch for lora_A.default.weight"),
+    ({"rank_pattern": {"v_proj": 2}}, "module 'model.layers.0.self_attn.v_proj': does not fit peft's LoRA layer"),
+    ({"use_dora": True}, "(r=4, use_dora=True): Missing key(s) in state_dict: \"lora_magnitude_vector.default.weight\""),
+    ({"layers_pattern": "layers"}, "adapter_config.json: peft cannot read it: When `layers_pattern` is specified, "
+                                   "`layers_to_transform` must also be specified."),
+])  # fmt: skip
+def test_merge_refuses_tensors_that_do_not_fit_the_config(edit, message, adapter, tmp_path):
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, **edit}))
+    _refused([str(adapter), "-o", str(tmp_path / "out")], message, tmp_path)
 
 
 def test_merge_refuses_a_base_of_another_name_or_shape(adapter, tiny_llama3, tiny_qwen2, tmp_path):

@@ -1,9 +1,9 @@
-"""A peft LoRA adapter read for merging: its A/B pairs with their scales (rank and alpha patterns, rsLoRA),
-full replacements (modules_to_save), and the refusals where base + adapter is not the trained model."""
+"""A peft LoRA adapter read for merging: each module's saved tensors with the settings peft's own LoRA layer
+gets for it (rank and alpha patterns, rsLoRA, fan_in_fan_out, DoRA), full replacements (modules_to_save),
+and the refusals where base + adapter is not the trained model."""
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +15,6 @@ from ..files import read_json
 ADAPTER_CONFIG = "adapter_config.json"
 PREFIX = "base_model.model."
 UNSUPPORTED = {
-    "use_dora": "DoRA adapters (use peft's merge_and_unload)",
     "lora_bias": "LoRA bias terms",
     "target_parameters": "LoRA on raw parameters (target_parameters)",
     "trainable_token_indices": "trainable token indices",
@@ -29,27 +28,80 @@ UNSUPPORTED = {
 # residual, so merging into the original base would be wrong.
 EXACT_INITS = (True, False, "gaussian", "eva", "orthogonal")
 
+# A module's tensors as peft saves them (peft.utils.save_and_load: the adapter name left out, DoRA's magnitude
+# without its ".weight") -> their names in peft's LoRA layer for adapter "default".
+LAYER_KEYS = {
+    "lora_A.weight": "lora_A.default.weight",
+    "lora_B.weight": "lora_B.default.weight",
+    "lora_embedding_A": "lora_embedding_A.default",
+    "lora_embedding_B": "lora_embedding_B.default",
+    "lora_magnitude_vector": "lora_magnitude_vector.default.weight",
+}
+# The tensors with one row per output feature: a block of output features takes the same block of their rows.
+PER_OUTPUT = ("lora_B.weight", "lora_embedding_B", "lora_magnitude_vector")
+SAVED = re.compile(rf"(.+)\.({'|'.join(map(re.escape, LAYER_KEYS))})$")
+
 
 @dataclass
-class LoraPair:
+class LoraModule:
+    """One module's LoRA tensors (fp32, named as peft saves them) and the settings peft's layer gets for it."""
+
     module: str
-    a: Any  # torch.Tensor (r, in) or, for embeddings, (r, num_embeddings)
-    b: Any  # torch.Tensor (out, r)
-    scale: float
-    embedding: bool = False
+    tensors: dict[str, Any]
+    settings: dict[str, Any]  # r, lora_alpha, use_rslora, use_dora, fan_in_fan_out
+
+    @property
+    def embedding(self) -> bool:
+        return any(name.startswith("lora_embedding") for name in self.tensors)
+
+    @property
+    def a_b(self) -> tuple[str, str]:
+        return ("lora_embedding_A", "lora_embedding_B") if self.embedding else ("lora_A.weight", "lora_B.weight")
+
+    @property
+    def out_axis(self) -> int:
+        """The base weight's axis of output features: nn.Linear stores (out, in); nn.Embedding and transformers'
+        Conv1D (fan_in_fan_out) store (in, out)."""
+        return 1 if self.embedding or self.settings["fan_in_fan_out"] else 0
 
     @property
     def delta_shape(self) -> tuple[int, int]:
-        if self.embedding:
-            return (self.a.shape[1], self.b.shape[0])
-        return (self.b.shape[0], self.a.shape[1])
+        """The shape of the base weight this module updates: (out, in), or (in, out) when out_axis is 1."""
+        a, b = (self.tensors[name] for name in self.a_b)
+        return (a.shape[1], b.shape[0]) if self.out_axis else (b.shape[0], a.shape[1])
+
+    def layer(self, weight, rows: slice | None = None):
+        """peft's own LoRA layer for this module around `weight` (the block `rows` of its output features), holding
+        the adapter's tensors: its merge() leaves the merged block in get_base_layer().weight. Built on the meta
+        device, then given the real tensors without a copy."""
+        import torch
+        from peft.tuners.lora import Embedding, Linear
+        from transformers.pytorch_utils import Conv1D
+
+        out_features, in_features = weight.shape[::-1] if self.out_axis else weight.shape
+        with torch.device("meta"):
+            if self.embedding:
+                settings = {k: v for k, v in self.settings.items() if k != "fan_in_fan_out"}  # as peft's dispatch_default
+                layer = Embedding(torch.nn.Embedding(in_features, out_features), "default", init_lora_weights=False, **settings)
+            else:
+                if self.settings["fan_in_fan_out"]:
+                    base = Conv1D(out_features, in_features)
+                    base.bias = None  # the merge never reads it
+                else:
+                    base = torch.nn.Linear(in_features, out_features, bias=False)
+                layer = Linear(base, "default", init_lora_weights=False, **self.settings)
+        state = {"base_layer.weight": weight}
+        for name, tensor in self.tensors.items():
+            state[LAYER_KEYS[name]] = tensor[rows] if rows is not None and name in PER_OUTPUT else tensor
+        layer.load_state_dict(state, strict=True, assign=True)
+        return layer
 
 
 @dataclass
 class Adapter:
     path: Path
     config: dict[str, Any]
-    pairs: dict[str, LoraPair] = field(default_factory=dict)  # base weight key -> pair
+    pairs: dict[str, LoraModule] = field(default_factory=dict)  # base weight key -> its LoRA module
     full: dict[str, Any] = field(default_factory=dict)  # base weight key -> replacement (modules_to_save)
 
     @property
@@ -57,16 +109,8 @@ class Adapter:
         return str(self.config.get("base_model_name_or_path") or "")
 
 
-def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
-    """peft's own rule (peft.utils.other.get_pattern_key): a pattern matches a module name suffix."""
-    for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return value
-    return default
-
-
 def load_adapter(path: str | Path) -> Adapter:
-    """Read a peft LoRA adapter folder and pair up its A/B matrices with their scales."""
+    """Read a peft LoRA adapter folder: each module's tensors with the settings peft's layer gets for it."""
     import torch
 
     path = Path(path)
@@ -109,46 +153,59 @@ def load_adapter(path: str | Path) -> Adapter:
     else:
         raise LfxError(f"{path}/adapter_model.safetensors: missing: the adapter has no weights file")
 
+    settings = _peft_settings(config, config_path)
     adapter = Adapter(path=path, config=config)
-    halves: dict[str, dict[str, Any]] = {}
+    saved: dict[str, dict[str, Any]] = {}
     for key, tensor in state.items():
         if tensor.numel() == 0:
             raise LfxError(f"{weights_path}: tensor '{key}' is empty: a ZeRO-3 checkpoint saved without "
                            "stage3_gather_16bit_weights_on_model_save; merge the run's final output instead")  # fmt: skip
         name = key.removeprefix(PREFIX)
-        match = re.match(r"(.+)\.(lora_A|lora_B)\.weight$|(.+)\.(lora_embedding_A|lora_embedding_B)$", name)
+        match = SAVED.match(name)
         if match:
-            module = match.group(1) or match.group(3)
-            part = match.group(2) or match.group(4)
-            halves.setdefault(module, {})[part] = tensor
-        elif ".lora_" in name or "lora_magnitude_vector" in name:
+            saved.setdefault(match.group(1), {})[match.group(2)] = tensor.to(torch.float32)
+        elif ".lora_" in name:
             raise LfxError(f"{weights_path}: tensor '{key}': unsupported LoRA tensor")
         else:
             # modules_to_save, or the embedding base layer peft saves beside its LoRA: a full replacement.
             adapter.full[name.replace(".base_layer.", ".")] = tensor
 
-    rslora = bool(config.get("use_rslora"))
-    for module, parts in sorted(halves.items()):
-        embedding = "lora_embedding_A" in parts or "lora_embedding_B" in parts
-        a_key, b_key = ("lora_embedding_A", "lora_embedding_B") if embedding else ("lora_A", "lora_B")
-        if a_key not in parts or b_key not in parts:
-            missing = b_key if a_key in parts else a_key
-            raise LfxError(f"{weights_path}: module '{module}': {missing} is missing")
-        a, b = parts[a_key], parts[b_key]
-        rank = a.shape[0]
-        if b.shape[1] != rank:
-            raise LfxError(f"{weights_path}: module '{module}': A has rank {rank}, B has {b.shape[1]}")
-        expected = _pattern_value(config.get("rank_pattern") or {}, module, config.get("r", rank))
-        if expected != rank:
-            raise LfxError(f"{config_path}: module '{module}': rank {expected} in the config, {rank} in the weights")
-        alpha = _pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", rank))
-        scale = alpha / math.sqrt(rank) if rslora else alpha / rank
-        if config.get("fan_in_fan_out") and not embedding:
-            a, b = b.T.contiguous(), a.T.contiguous()  # store as W.T += scale * A.T @ B.T
-        adapter.pairs[f"{module}.weight"] = LoraPair(module, a, b, scale, embedding)
+    for module, tensors in sorted(saved.items()):
+        lora = LoraModule(module, tensors, settings(module))
+        missing = [name for name in lora.a_b if name not in tensors]
+        if missing:
+            raise LfxError(f"{weights_path}: module '{module}': {missing[0]} is missing")
+        try:  # peft's layer, on the meta device, checks that the tensors fit the settings
+            lora.layer(torch.empty(lora.delta_shape, device="meta"))
+        except RuntimeError as err:
+            why = re.sub(r"^Error\(s\) in loading state_dict for \w+: ", "", " ".join(str(err).split()))
+            raise LfxError(f"{weights_path}: module '{module}': does not fit peft's LoRA layer for {ADAPTER_CONFIG} "
+                           f"(r={lora.settings['r']}, use_dora={lora.settings['use_dora']}): {why}") from None  # fmt: skip
+        adapter.pairs[f"{module}.weight"] = lora
     if not adapter.pairs and not adapter.full:
         raise LfxError(f"{weights_path}: no LoRA weights found")
     return adapter
+
+
+def _peft_settings(config: dict[str, Any], config_path: Path):
+    """The settings peft gives each module's LoRA layer (peft.tuners.lora.model, LoraModel._create_and_replace):
+    the config read by peft's LoraConfig, rank and alpha looked up with peft's get_pattern_key."""
+    from peft import LoraConfig
+    from peft.utils.other import get_pattern_key
+
+    try:
+        lora_config = LoraConfig.from_peft_type(**config)
+    except (TypeError, ValueError) as err:
+        raise LfxError(f"{config_path}: peft cannot read it: {' '.join(str(err).split())}") from None
+    ranks, alphas = lora_config.rank_pattern or {}, lora_config.alpha_pattern or {}
+
+    def settings(module: str) -> dict[str, Any]:
+        return {"r": ranks.get(get_pattern_key(ranks.keys(), module), lora_config.r),
+                "lora_alpha": alphas.get(get_pattern_key(alphas.keys(), module), lora_config.lora_alpha),
+                "use_rslora": lora_config.use_rslora, "use_dora": lora_config.use_dora,
+                "fan_in_fan_out": lora_config.fan_in_fan_out}  # fmt: skip
+
+    return settings
 
 
 def stacked_adapters(record: dict[str, Any]) -> list[str]:

@@ -1,7 +1,7 @@
 """Merge a LoRA adapter into its base model shard by shard: peak memory is one shard plus the adapter.
 
-For each base safetensors shard: read it, add `scale * B @ A` (fp32, stored back in the base's dtype)
-to the weights the adapter targets, write it, move on; shards the adapter does not touch are copied.
+For each base safetensors shard: read it, merge the adapter into the weights it targets with peft's own LoRA
+layer (fp32, stored back in the base's dtype), write it, move on; shards the adapter does not touch are copied.
 Everything goes to a temporary folder next to OUT that is renamed at the end, so an interrupted merge
 never leaves a half model at OUT. The merged tokenizer carries the run's persona chat template and
 `generation_config.json` lists the template's stop word among its eos ids; the run's record, plots and
@@ -23,12 +23,13 @@ from .. import record as run_record
 from ..errors import LfxError
 from ..files import atomic_write_text, dump_json, read_json, readable, refuse_overwrite, replace_folder
 from ..models import resolve
-from .adapter import ADAPTER_CONFIG, Adapter, LoraPair, check_not_stacked, load_adapter
+from .adapter import ADAPTER_CONFIG, Adapter, LoraModule, check_not_stacked, load_adapter
 from .shards import DTYPE_BYTES, Header, ShardWriter, open_shard, read_header, torch_dtype
 from .tokenizer_files import PERSONA_RECORD, recorded_persona_tokenizer, write_persona_tokenizer, write_stop_ids
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
+BLOCK = 4 * 2**20  # weights merged at a time: 16 MiB in fp32, below glibc's largest mmap threshold (32 MiB)
 # Base files that are weights (replaced by ours), that describe the base and not the merge, or that belong
 # to the run the base came from (a merged base carries its own run's record, plots and evaluation).
 SKIP_BASE = re.compile(r".*\.(safetensors|bin|pt|pth|h5|msgpack|onnx|gguf)$|^(README\.md|\.gitattributes|"
@@ -99,15 +100,23 @@ def check_match(adapter: Adapter, base: Path, base_arg: str | None, weight_map: 
                            f"base, {list(tensor.shape)} in the adapter")  # fmt: skip
 
 
-def _merge_tensor(weight, pair: LoraPair):
+def _merge_tensor(weight, lora: LoraModule):
+    """Merge `lora` into `weight` in place with peft's own LoRA layer (its merge(): get_delta_weight with the
+    rsLoRA scaling and fan_in_fan_out, DoRA's magnitude), in fp32, stored back in the weight's dtype. A block of
+    output features at a time: each one's merged values depend only on its own rows of B and of the magnitude,
+    and blocks of a few MB bound the fp32 work whatever the tensor's size (and reuse the same memory)."""
     import torch
 
-    merged = weight.to(torch.float32)
-    b, a = pair.b.to(torch.float32), pair.a.to(torch.float32)
-    if pair.embedding:  # the embedding's update is (B @ A).T = A.T @ B.T
-        b, a = a.T, b.T
-    merged.addmm_(b, a, alpha=pair.scale)  # in place: no second full-size matrix for the update
-    return merged.to(weight.dtype)
+    axis = lora.out_axis
+    size = weight.shape[axis]
+    step = max(1, BLOCK * size // weight.numel())
+    with torch.no_grad():
+        for start in range(0, size, step):
+            block = weight.narrow(axis, start, min(step, size - start))
+            layer = lora.layer(block.to(torch.float32), slice(start, start + block.shape[axis]))
+            layer.merge()
+            block.copy_(layer.get_base_layer().weight)
+    return weight
 
 
 def _layout(header: Header, adapter: Adapter) -> list[tuple[str, str, tuple[int, ...]]]:
@@ -123,7 +132,7 @@ def _write_shard(src: Path, dst: Path, adapter: Adapter) -> int:
     try:
         for entry in header.entries:
             if entry.name in adapter.full:
-                tensor = adapter.full[entry.name].to(torch_dtype(entry.dtype))
+                tensor = adapter.full[entry.name].to(torch_dtype(entry.dtype), copy=True)  # merged in place
             else:
                 # Opened per tensor: safe_open maps the file, and the pages a read touches stay resident until the
                 # map is closed; closing after each tensor keeps the peak at one tensor, not one shard.

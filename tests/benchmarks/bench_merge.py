@@ -3,7 +3,9 @@
 all-linear LoRA adapter. Peak RSS from /usr/bin/time -v and wall time, all measured in one run;
 a plain copy of the files is the floor.
 
-    python tests/benchmarks/bench_merge.py [--sizes 0.7b 2.7b] [--work /tmp/bench-merge] [--json out.json]
+    python tests/benchmarks/bench_merge.py [--sizes 0.7b 2.7b] [--dora] [--work /tmp/bench-merge] [--json out.json]
+
+`--dora` makes the adapter a DoRA one (a magnitude vector per module).
 
 The adapter folder is what training leaves: the adapter, the run record and the persona tokenizer written at
 the end of training, which `lfx merge` carries into the merged folder (it rebuilds it, importing LLaMA-Factory's
@@ -33,8 +35,8 @@ VOCAB = 32000
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def build(size: str, work: Path) -> tuple[Path, Path, int]:
-    """Base model (random bf16, 400 MB shards, real tokenizer files) and a rank-16 adapter."""
+def build(size: str, work: Path, dora: bool = False) -> tuple[Path, Path, int]:
+    """Base model (random bf16, 400 MB shards, real tokenizer files) and a rank-16 adapter (DoRA with `dora`)."""
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, LlamaConfig
@@ -42,7 +44,7 @@ def build(size: str, work: Path) -> tuple[Path, Path, int]:
     from llamafactory_ext.artifact.shards import ShardWriter
     from llamafactory_ext.tiny import build_tokenizer
 
-    base, adapter = work / f"base-{size}", work / f"adapter-{size}"
+    base, adapter = work / f"base-{size}", work / f"adapter{'-dora' if dora else ''}-{size}"
     hidden, inter, layers, heads, kv = SIZES[size]
     config = LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
                          num_attention_heads=heads, num_key_value_heads=kv, tie_word_embeddings=False,
@@ -78,7 +80,7 @@ def build(size: str, work: Path) -> tuple[Path, Path, int]:
         from safetensors.torch import save_file
 
         adapter.mkdir(parents=True, exist_ok=True)
-        LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS, task_type="CAUSAL_LM",
+        LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS, task_type="CAUSAL_LM", use_dora=dora,
                    base_model_name_or_path=str(base)).save_pretrained(str(adapter))  # fmt: skip
         gen = torch.Generator().manual_seed(1)
         state = {}
@@ -87,6 +89,9 @@ def build(size: str, work: Path) -> tuple[Path, Path, int]:
             if module.split(".")[-1] in TARGETS:
                 state[f"base_model.model.{module}.lora_A.weight"] = torch.randn((16, shape[1]), generator=gen) * 0.01
                 state[f"base_model.model.{module}.lora_B.weight"] = torch.randn((shape[0], 16), generator=gen) * 0.01
+                if dora:  # about the rows' norms (0.02 * sqrt(in)), where DoRA's training starts
+                    norm = 0.02 * shape[1] ** 0.5
+                    state[f"base_model.model.{module}.lora_magnitude_vector"] = (0.5 + torch.rand(shape[0], generator=gen)) * norm
         save_file(state, str(adapter / "adapter_model.safetensors"))
     if not (adapter / "lfx_tokenizer.json").is_file():
         # What training leaves beside the adapter: the run record and the persona tokenizer it wrote at its end.
@@ -126,8 +131,9 @@ model.save_pretrained(out, max_shard_size="400MB")
 """
 
 
-def run_size(size: str, work: Path) -> list[dict]:
-    base, adapter, params = build(size, work)
+def run_size(size: str, work: Path, dora: bool = False) -> list[dict]:
+    base, adapter, params = build(size, work, dora)
+    label = f"{size} DoRA" if dora else size
     rows = []
     methods = {
         "copy (floor)": lambda out: ["cp", "-r", str(base), str(out)],
@@ -136,11 +142,11 @@ def run_size(size: str, work: Path) -> list[dict]:
         "llamafactory-cli export": lambda out: [str(BIN / "llamafactory-cli"), "export", str(_export_yaml(base, adapter, out))],
     }
     for name, make in methods.items():
-        out = work / f"out-{size}-{name.split()[0]}"
+        out = work / f"out-{label.replace(' ', '-')}-{name.split()[0]}"
         shutil.rmtree(out, ignore_errors=True)
-        wall, rss = measure(make(out), work / f"log-{size}-{name.split()[0]}.txt")
-        rows.append({"size": size, "params": params, "method": name, "wall_s": round(wall, 1), "peak_rss_gb": round(rss, 2)})
-        print(f"{size:5} {name:24} {wall:7.1f} s  {rss:6.2f} GB", flush=True)
+        wall, rss = measure(make(out), work / f"log-{label.replace(' ', '-')}-{name.split()[0]}.txt")
+        rows.append({"size": label, "params": params, "method": name, "wall_s": round(wall, 1), "peak_rss_gb": round(rss, 2)})
+        print(f"{label:10} {name:24} {wall:7.1f} s  {rss:6.2f} GB", flush=True)
         shutil.rmtree(out, ignore_errors=True)
     return rows
 
@@ -156,11 +162,12 @@ def _export_yaml(base: Path, adapter: Path, out: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--dora", action="store_true", help="a DoRA adapter instead of plain LoRA")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-merge"))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    rows = [row for size in args.sizes for row in run_size(size, args.work)]
+    rows = [row for size in args.sizes for row in run_size(size, args.work, args.dora)]
     print("\n| model | method | wall (s) | peak RSS (GB) | RSS vs peft | wall vs peft |\n|---|---|---|---|---|---|")
     for row in rows:
         peft = next(r for r in rows if r["size"] == row["size"] and r["method"].startswith("peft"))
