@@ -215,13 +215,18 @@ def test_merge_refuses_missing_files(adapter, tiny_llama3, tmp_path):
     _refused([str(adapter), "-o", out, "--base", str(base), "--ignore-base-name"], f"{shard.name}: missing shard", tmp_path)
 
 
-def test_merge_refuses_an_existing_output_unless_forced(adapter, tmp_path):
+def test_merge_force_replaces_only_a_merge_it_wrote(adapter, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "mine.txt").write_text("keep")
-    _refused([str(adapter), "-o", str(out)], "already exists (pass --force", tmp_path)
+    out.mkdir()  # an empty folder is written into, without --force: nothing is lost
+    assert lfx("merge", str(adapter), "-o", str(out)).exit_code == 0
+    _refused([str(adapter), "-o", str(out)], "already exists (pass --force to replace it), written by lfx merge", tmp_path)
     assert lfx("merge", str(adapter), "-o", str(out), "--force").exit_code == 0
-    assert not (out / "mine.txt").exists() and (out / "model.safetensors").is_file()
+    (out / "notes.txt").write_text("keep")  # the user's file inside it: --force refuses, naming it
+    _refused([str(adapter), "-o", str(out), "--force"], "holds notes.txt, which lfx merge did not write", tmp_path)
+    (out / "notes.txt").unlink()
+    with open(out / "config.json", "a") as f:  # a file lfx merge wrote, changed since
+        f.write("\n")
+    _refused([str(adapter), "-o", str(out), "--force"], "holds config.json, which lfx merge did not write", tmp_path)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 

@@ -23,7 +23,7 @@ from pydantic import (
 
 from ..files import read_yaml
 from ..paths import REPO_ROOT
-from ..validation import FieldProblem, did_you_mean
+from ..validation import FieldProblem, comma_list, did_you_mean
 from .arguments import argument_types, field_type
 
 GPUS_FILE = REPO_ROOT / "launch" / "gpus.yaml"
@@ -95,15 +95,6 @@ QUANTIZED_INCOMPATIBLE = {
 }
 
 
-def names(value: Any) -> list[str]:
-    """The names in a `dataset`/`eval_dataset`/`adapter_name_or_path` value, split as LLaMA-Factory splits them."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [n.strip() for n in value.split(",")]
-    return [str(n).strip() for n in value]
-
-
 class RecipeRules(BaseModel):
     """Cross-field rules of a recipe; the fields themselves are LLaMA-Factory's (see recipe_model)."""
 
@@ -133,7 +124,7 @@ class RecipeRules(BaseModel):
         # llamafactory/hparams/data_args.py:153: "a, b," splits into ["a", "b", ""], and the empty name is
         # then "Undefined dataset  in dataset_info.json" (llamafactory/data/parser.py:126) at launch.
         for key in ("dataset", "eval_dataset"):
-            if any(not n for n in names(getattr(self, key))):
+            if any(not n for n in comma_list(getattr(self, key))):
                 raise FieldProblem(key, f"{getattr(self, key)!r} has an empty dataset name (a stray comma?)")
         return self
 
@@ -179,7 +170,7 @@ class RecipeRules(BaseModel):
             raise FieldProblem("export_dir", "training ignores it (no merged model would be written): remove it, "
                                "train, then `lfx merge` the output")  # fmt: skip
         bits = self.quantization_bit
-        adapters = [a for a in names(self.adapter_name_or_path) if a]
+        adapters = [a for a in comma_list(self.adapter_name_or_path) if a]
         if len(adapters) > 1 and (zero3 or bits is not None):
             # llamafactory/model/adapter.py, _setup_lora_tuning: "Cannot use multiple adapters in DeepSpeed ZeRO-3.";
             # parser.py:202 "Quantized model only accepts a single adapter."
