@@ -1,6 +1,7 @@
 """Reading and writing files: text in UTF-8 (with or without BOM) or a one-line error naming the encoding
 found; YAML/JSON/JSON Lines with positions in errors; paths kept inside the folder they belong to;
-atomic writes that never leave a half-written file or overwrite an input."""
+atomic writes that never leave a half-written file or folder; the one rule for outputs every command
+follows: never over an input or in a folder lfx reads, and replacing only what the same command wrote."""
 
 from __future__ import annotations
 

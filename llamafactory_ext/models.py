@@ -27,6 +27,16 @@ MODEL_WEIGHTS = ("*.safetensors", "pytorch_model*.bin")
 NOT_A_MODEL = "neither a model folder (config.json and weights) nor a LoRA adapter (adapter_config.json)"
 
 
+def open_tokenizer(folder: str | Path, problem: str = "the tokenizer cannot be loaded"):
+    """transformers' AutoTokenizer of a local folder; missing or damaged tokenizer files (the user's) as one line."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise LfxError(f"{folder}: {problem} ({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
+
+
 def folder_kind(folder: str | Path) -> str | None:
     """What a folder holds, the one rule every command applies: 'adapter' (adapter_config.json), 'model'
     (config.json and weights, *.safetensors or pytorch_model*.bin), or None."""

@@ -26,7 +26,7 @@ from typing import Any
 from .. import record as run_record
 from ..errors import LfxError
 from ..files import atomic_write_text, check_replaceable, dump_json, read_json, refuse_overwrite, staged_folder
-from ..models import hub_id, local_folder
+from ..models import hub_id, local_folder, open_tokenizer
 
 FORMATS = ("gguf", "ollama")
 OUTTYPES = ("f16", "bf16", "q8_0")  # what llama.cpp's Python converter writes (f32 and ternary types aside)
@@ -322,12 +322,10 @@ def export(target: str | Path, fmt: str = "gguf", outtype: str = "f16", out_dir:
 
 def _write(source: Source, model: Path, template: str, tmp: Path, name: str, fmt: str, outtype: str,
            converter: Path, progress: bool) -> dict[str, Any]:  # fmt: skip
-    from transformers import AutoTokenizer
-
     from .. import __version__
     from .converter import pin
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model))
+    tokenizer = open_tokenizer(model)
     base_models, base_license = describe_base(source.base_name)
     license_ = _front_matter(model / "README.md").get("license") or base_license  # the model's own card first
     stage = tmp / "stage" / name

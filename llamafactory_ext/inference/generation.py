@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import LfxError
 from ..files import read_json
-from ..models import ADAPTER_CONFIG, NOT_A_MODEL, folder_kind, resolve
+from ..models import ADAPTER_CONFIG, NOT_A_MODEL, folder_kind, open_tokenizer, resolve
 from .prompts import Answer
 
 
@@ -26,12 +26,7 @@ def adapter_base(adapter: Path, base: str | None = None, record: dict[str, Any] 
 
 def load_tokenizer(folder: Path):
     """The tokenizer with its chat template, padding on the left for batches."""
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    except (OSError, ValueError, KeyError, TypeError) as err:  # missing or damaged tokenizer files
-        raise LfxError(f"{folder}: the tokenizer cannot be loaded ({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
+    tokenizer = open_tokenizer(folder)
     if not tokenizer.chat_template:
         raise LfxError(f"{folder}: the tokenizer has no chat template (merge with lfx merge to bake the persona's in)")
     tokenizer.padding_side = "left"
