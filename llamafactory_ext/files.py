@@ -284,6 +284,20 @@ def mark_written(folder: Path, command: str, names: list[str] | None = None) -> 
     atomic_write_text(folder / MARKER, dump_json({"command": command, "files": sizes}))
 
 
+def add_written(folder: Path, command: str, names: list[str]) -> None:
+    """Record in `folder`'s marker, when it has one, that `command` wrote `names` there too (lfx eval's report in
+    a merged folder): the command that wrote the folder may then replace them with it."""
+    try:
+        data = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+        return
+    data["files"].update({name: (folder / name).stat().st_size for name in names})
+    data["added"] = {**(data.get("added") or {}), **{name: command for name in names}}
+    atomic_write_text(folder / MARKER, dump_json(data))
+
+
 def _written(folder: Path, command: str) -> dict[str, int]:
     """The files `command` wrote into `folder` by its marker; {} without one, or for another command's."""
     try:

@@ -205,7 +205,8 @@ def test_merge_refuses_a_base_of_another_name_or_shape(adapter, tiny_llama3, tin
 
 def test_merge_refuses_missing_files(adapter, tiny_llama3, tmp_path):
     out = str(tmp_path / "out")
-    _refused([str(tmp_path), "-o", out], "adapter_config.json: missing: not a LoRA adapter folder", tmp_path)
+    (tmp_path / "not-an-adapter").mkdir()
+    _refused([str(tmp_path / "not-an-adapter"), "-o", out], "adapter_config.json: missing: not a LoRA adapter folder", tmp_path)
     (adapter / "adapter_model.safetensors").rename(tmp_path / "moved.safetensors")
     _refused([str(adapter), "-o", out], "adapter_model.safetensors: missing", tmp_path)
     (tmp_path / "moved.safetensors").rename(adapter / "adapter_model.safetensors")
