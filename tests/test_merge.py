@@ -231,6 +231,21 @@ def test_merge_force_replaces_only_a_merge_it_wrote(adapter, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_a_merged_folder_lfx_eval_reported_into_is_still_lfx_merges_to_replace(ironman_run, tmp_path):
+    """EVAL=1 then UPLOAD=1 on a pod: lfx eval writes its report into the merged folder, and the next merge
+    --force replaces that folder (the report is recorded in its marker), while a user's file stops it."""
+    out = tmp_path / "merged"
+    assert lfx("merge", str(ironman_run["adapter"]), "-o", str(out)).exit_code == 0
+    (tmp_path / "prompts.txt").write_text("토니, 자기소개 해줘\n", encoding="utf-8")
+    result = lfx("eval", str(out), "--prompts", str(tmp_path / "prompts.txt"), "--max-new-tokens", "2")
+    assert result.exit_code == 0, result.output
+    assert (out / "eval.json").is_file() and (out / "eval.png").is_file()
+    assert lfx("merge", str(ironman_run["adapter"]), "-o", str(out), "--force").exit_code == 0
+    assert not (out / "eval.json").exists()
+    (out / "eval.json").write_text("{}", encoding="utf-8")  # not lfx eval's, not recorded
+    _refused([str(ironman_run["adapter"]), "-o", str(out), "--force"], "holds eval.json, which lfx merge did not write", tmp_path)
+
+
 def test_merge_checks_free_disk_before_starting(adapter, tmp_path, monkeypatch):
     import shutil as shutil_module
 
