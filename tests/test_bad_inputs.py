@@ -785,7 +785,8 @@ def test_a_typo_in_a_later_path_costs_no_model_load(tiny_llama3, merged_ironman,
     real = AutoModelForCausalLM.from_pretrained
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: loads.append(a) or real(*a, **k))
     (tmp_path / "prompts.txt").write_text("토니?\n", encoding="utf-8")
-    result = lfx("compare", "--before", str(tiny_llama3), "--after", str(tmp_path / "mergd"), "--prompts", str(tmp_path / "prompts.txt"))
+    prompts = tmp_path / "prompts.txt"
+    result = lfx("compare", "--before", str(tiny_llama3), "--after", str(tmp_path / "mergd"), "--prompts", str(prompts))
     _one_line_exit_2(result, "mergd': no such folder")
     assert loads == []
 

@@ -136,7 +136,7 @@ def _refuse_replacing_the_users(out: Path, files: dict[str, str], data_changed: 
     """Every file this render would replace or remove must be one an earlier render wrote (its marker)."""
     changed = [name for name, text in files.items() if (out / name).exists() and _differs(out / name, text)]
     stale = [p.relative_to(out).as_posix() for p in _stale_templates(out, files)]
-    data = [p.relative_to(out).as_posix() for p in sorted((out / "data").rglob("*")) if p.is_file()] if data_changed and (out / "data").is_dir() else []
+    data = sorted(f"data/{name}" for name in _tree(out / "data")) if data_changed else []
     for name in changed + stale:
         if (out / name).is_dir():
             raise LfxError(f"{out / name}: a folder where the run folder's file goes; move it, or render into another folder")
