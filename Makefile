@@ -43,7 +43,7 @@ DEMO_MODEL := runs/models/smollm2-135m-instruct
 DEMO_RUN   ?= runs/demo/run
 DEMO_OUT   ?= runs/demo
 demo: install
-	$(BIN)/lfx fetch-model smollm2 $(DEMO_MODEL)
+	$(BIN)/lfx fetch-model smollm2 $(DEMO_MODEL) --force
 	rm -rf $(DEMO_RUN)
 	$(BIN)/lfx render launch/demo_smollm2.yaml -o $(DEMO_RUN)
 	PATH="$(abspath $(BIN)):$$PATH" LFX_DEVICE=cpu MIN_FREE_DISK_GB=1 MERGE=1 $(DEMO_RUN)/train_sft.sh

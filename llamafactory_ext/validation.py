@@ -31,6 +31,17 @@ class FieldProblem(ValueError):
 FLOAT_TEXT = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
 
 
+def comma_list(value: Any) -> list[str]:
+    """The names in a comma-separated argument (`dataset`, `eval_dataset`, `lora_target`, `adapter_name_or_path`,
+    ...) or a YAML list of them, split as LLaMA-Factory splits them (llamafactory/hparams/data_args.py:148,
+    model_args.py:211): stripped, an empty name kept (`a,` is ['a', ''], which it then fails on)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [n.strip() for n in value.split(",")]
+    return [str(n).strip() for n in value]
+
+
 def did_you_mean(word: str, choices: typing.Iterable[str], fallback: str = "") -> str:
     hint = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
     return f" (did you mean '{hint[0]}'?)" if hint else fallback

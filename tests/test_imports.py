@@ -104,3 +104,37 @@ def test_no_circle_between_modules():
 def test_the_checker_sees_a_circle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def _third_party_imports() -> set[str]:
+    """Top-level modules the package imports itself, anywhere in its source, that are neither ours nor the
+    standard library's."""
+    import sys
+
+    found = set()
+    for path in _modules().values():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                found.add(node.module.split(".")[0])
+            elif isinstance(node, ast.Import):
+                found.update(a.name.split(".")[0] for a in node.names)
+    return {m for m in found if m != "llamafactory_ext" and m not in sys.stdlib_module_names}
+
+
+def test_every_library_the_package_imports_is_declared():
+    """pyproject.toml names every distribution the package imports itself, not only those it gets through
+    LLaMA-Factory (an install without them, or with another major version, would fail at the first use)."""
+    from importlib.metadata import packages_distributions
+
+    import tomllib
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    requirements = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    declared = {canonicalize_name(Requirement(r).name) for r in requirements}
+    owners = packages_distributions()
+    imported = _third_party_imports()
+    assert {"torch", "pydantic", "safetensors", "numpy", "yaml"} <= imported  # the scan sees what the code uses
+    undeclared = {m: owners.get(m) for m in imported if not {canonicalize_name(d) for d in owners.get(m, [])} & declared}
+    assert not undeclared, undeclared

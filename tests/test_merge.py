@@ -310,7 +310,8 @@ def test_merge_refuses_a_base_of_another_name_or_shape(adapter, tiny_llama3, tin
 
 def test_merge_refuses_missing_files(adapter, tiny_llama3, tmp_path):
     out = str(tmp_path / "out")
-    _refused([str(tmp_path), "-o", out], "adapter_config.json: missing: not a LoRA adapter folder", tmp_path)
+    (tmp_path / "not-an-adapter").mkdir()
+    _refused([str(tmp_path / "not-an-adapter"), "-o", out], "adapter_config.json: missing: not a LoRA adapter folder", tmp_path)
     (adapter / "adapter_model.safetensors").rename(tmp_path / "moved.safetensors")
     _refused([str(adapter), "-o", out], "adapter_model.safetensors: missing", tmp_path)
     (tmp_path / "moved.safetensors").rename(adapter / "adapter_model.safetensors")
@@ -320,14 +321,34 @@ def test_merge_refuses_missing_files(adapter, tiny_llama3, tmp_path):
     _refused([str(adapter), "-o", out, "--base", str(base), "--ignore-base-name"], f"{shard.name}: missing shard", tmp_path)
 
 
-def test_merge_refuses_an_existing_output_unless_forced(adapter, tmp_path):
+def test_merge_force_replaces_only_a_merge_it_wrote(adapter, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "mine.txt").write_text("keep")
-    _refused([str(adapter), "-o", str(out)], "already exists (pass --force", tmp_path)
+    out.mkdir()  # an empty folder is written into, without --force: nothing is lost
+    assert lfx("merge", str(adapter), "-o", str(out)).exit_code == 0
+    _refused([str(adapter), "-o", str(out)], "already exists (pass --force to replace it), written by lfx merge", tmp_path)
     assert lfx("merge", str(adapter), "-o", str(out), "--force").exit_code == 0
-    assert not (out / "mine.txt").exists() and (out / "model.safetensors").is_file()
+    (out / "notes.txt").write_text("keep")  # the user's file inside it: --force refuses, naming it
+    _refused([str(adapter), "-o", str(out), "--force"], "holds notes.txt, which lfx merge did not write", tmp_path)
+    (out / "notes.txt").unlink()
+    with open(out / "config.json", "a") as f:  # a file lfx merge wrote, changed since
+        f.write("\n")
+    _refused([str(adapter), "-o", str(out), "--force"], "holds config.json, which lfx merge did not write", tmp_path)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_merged_folder_lfx_eval_reported_into_is_still_lfx_merges_to_replace(ironman_run, tmp_path):
+    """EVAL=1 then UPLOAD=1 on a pod: lfx eval writes its report into the merged folder, and the next merge
+    --force replaces that folder (the report is recorded in its marker), while a user's file stops it."""
+    out = tmp_path / "merged"
+    assert lfx("merge", str(ironman_run["adapter"]), "-o", str(out)).exit_code == 0
+    (tmp_path / "prompts.txt").write_text("토니, 자기소개 해줘\n", encoding="utf-8")
+    result = lfx("eval", str(out), "--prompts", str(tmp_path / "prompts.txt"), "--max-new-tokens", "2")
+    assert result.exit_code == 0, result.output
+    assert (out / "eval.json").is_file() and (out / "eval.png").is_file()
+    assert lfx("merge", str(ironman_run["adapter"]), "-o", str(out), "--force").exit_code == 0
+    assert not (out / "eval.json").exists()
+    (out / "eval.json").write_text("{}", encoding="utf-8")  # not lfx eval's, not recorded
+    _refused([str(ironman_run["adapter"]), "-o", str(out), "--force"], "holds eval.json, which lfx merge did not write", tmp_path)
 
 
 def test_merge_checks_free_disk_before_starting(adapter, tmp_path, monkeypatch):

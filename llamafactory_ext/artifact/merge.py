@@ -10,10 +10,8 @@ evaluation come along (the run being merged, never the base's when the base is i
 
 from __future__ import annotations
 
-import errno
 import json
 import math
-import os
 import re
 import shutil
 from pathlib import Path
@@ -21,12 +19,13 @@ from typing import Any
 
 from .. import record as run_record
 from ..errors import LfxError
-from ..files import atomic_write_text, dump_json, read_json, readable, refuse_overwrite, replace_folder
+from ..files import atomic_write_text, check_replaceable, dump_json, read_json, refuse_overwrite, staged_folder
 from ..models import resolve
 from .adapter import ADAPTER_CONFIG, Adapter, LoraModule, check_not_stacked, load_adapter
 from .shards import DTYPE_BYTES, Header, ShardWriter, open_shard, read_header, torch_dtype
 from .tokenizer_files import PERSONA_RECORD, recorded_persona_tokenizer, write_persona_tokenizer, write_stop_ids
 
+COMMAND = "lfx merge"  # what its output folder's marker names: --force replaces only a folder it wrote
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 BLOCK = 4 * 2**20  # weights merged at a time: 16 MiB in fp32, below glibc's largest mmap threshold (32 MiB)
@@ -167,11 +166,8 @@ def merge(adapter_dir: str | Path, out_dir: str | Path, base_arg: str | None = N
 
     adapter_path = Path(adapter_dir)
     out = Path(out_dir)
-    clean_leftovers(out)
-    if out.exists() and not force:
-        raise LfxError(f"{out}: already exists (pass --force to replace it)")
-    if out.exists() and not out.is_dir():
-        raise LfxError(f"{out}: exists and is not a folder")
+    refuse_overwrite(out, [adapter_path], "merged model")
+    check_replaceable(out, COMMAND, force)
     adapter = load_adapter(adapter_path)
     record, record_path = run_record.load(adapter_path, required=False)
     check_not_stacked(adapter_path, record)
@@ -195,10 +191,7 @@ def merge(adapter_dir: str | Path, out_dir: str | Path, base_arg: str | None = N
     if free < need * 1.05:
         raise LfxError(f"{parent}: {free / 1e9:.1f} GB free, the merged model needs {need / 1e9:.1f} GB")
 
-    tmp = parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with staged_folder(out, COMMAND, force) as tmp:
         for item in sorted(base.iterdir()):
             if item.is_file() and not SKIP_BASE.match(item.name):
                 shutil.copyfile(item, tmp / item.name)
@@ -237,44 +230,7 @@ def merge(adapter_dir: str | Path, out_dir: str | Path, base_arg: str | None = N
             "template": template,
             "adapter_config": {k: adapter.config.get(k) for k in ("r", "lora_alpha", "use_rslora", "target_modules")},
         }))  # fmt: skip
-        for item in tmp.iterdir():
-            readable(item)
-        replace_folder(tmp, out)
-    except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):  # disk full, quota, file size limit
-            raise LfxError(f"{out}: writing the merged model failed: {err.strerror} ({err.filename or tmp}); "
-                           "nothing was written") from None  # fmt: skip
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-def clean_leftovers(out: Path) -> None:
-    """Remove what a killed merge into `out` left (its temporary folder), and put back a previous OUT
-    that a merge killed between its two renames had moved aside."""
-    parent = out.resolve().parent
-    for kind in ("partial", "old"):
-        for path in parent.glob(f".{out.name}.{kind}-*"):
-            pid = path.name.rsplit("-", 1)[-1]
-            if not pid.isdigit() or _alive(int(pid)):
-                continue
-            if kind == "old" and not out.exists():
-                os.replace(path, out)
-            else:
-                shutil.rmtree(path, ignore_errors=True)
 
 
 def _resize_vocab(tmp: Path, adapter: Adapter) -> None:

@@ -38,7 +38,7 @@ from typing import Any
 
 from ..errors import LfxError
 from ..files import atomic_write_text, read_json, readable
-from ..models import CONFIG_FILES, TOKENIZER_FILES, resolve
+from ..models import CONFIG_FILES, TOKENIZER_FILES, open_tokenizer, resolve
 
 TOKENIZER_CONFIG = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
@@ -88,15 +88,13 @@ def write_persona_tokenizer(out_dir: str | Path, base: str | Path, template_name
     """Write the persona tokenizer of `template_name` on `base` into `out_dir`, replacing any tokenizer
     files there (written aside first, then each renamed into place: a kill never leaves the folder without
     tokenizer_config.json); return the stop ids (the stop word's first, then the base's end-of-text ids)."""
-    from transformers import AutoTokenizer
-
     out = Path(out_dir)
     base_dir = base_tokenizer_folder(base, revision, cache_dir)
     if not (base_dir / TOKENIZER_CONFIG).is_file():
         raise LfxError(f"{base_dir / TOKENIZER_CONFIG}: missing: the base model has no tokenizer")
     if out.resolve() == base_dir.resolve():
         raise LfxError(f"{out}: is the base model's own folder; write the persona tokenizer elsewhere")
-    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+    tokenizer = open_tokenizer(base_dir, "the base model's tokenizer cannot be loaded")
     vocab = tokenizer.get_vocab()
     base_eos = [tokenizer.eos_token_id, *base_end_ids(base_dir)]
     base_eos += [vocab[t] for t in END_OF_TEXT_TOKENS if t in vocab][:1]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from ..files import atomic_write_text, dump_json
+from ..files import add_written, atomic_write_text, dump_json
 from ..inference.prompts import Answer as Reply
 from .heldout import EvalSet
 from .metrics import Answer, persona_chrf, summarize
@@ -120,6 +120,7 @@ def write_outputs(result: dict[str, Any], out_dir: str | Path) -> list[Path]:
     tmp = out / ".eval.png.tmp.png"
     chart(result, tmp)
     tmp.replace(out / "eval.png")
+    add_written(out, "lfx eval", ["eval.json", "eval.md", "eval.png"])  # a merged folder stays one lfx merge may replace
     return [out / "eval.json", out / "eval.md", out / "eval.png"]
 
 

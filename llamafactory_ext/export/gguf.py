@@ -14,7 +14,6 @@ into a temporary folder next to OUT and renamed at the end, so bad input or a fa
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -26,8 +25,8 @@ from typing import Any
 
 from .. import record as run_record
 from ..errors import LfxError
-from ..files import atomic_write_text, dump_json, read_json, readable, refuse_overwrite, replace_folder
-from ..models import hub_id, local_folder
+from ..files import atomic_write_text, check_replaceable, dump_json, read_json, refuse_overwrite, staged_folder
+from ..models import hub_id, local_folder, open_tokenizer
 
 FORMATS = ("gguf", "ollama")
 OUTTYPES = ("f16", "bf16", "q8_0")  # what llama.cpp's Python converter writes (f32 and ternary types aside)
@@ -35,6 +34,7 @@ BYTES_PER_WEIGHT = {"f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32}  # for the progres
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 DEFAULT_CUTOFF_LEN = 2048  # LLaMA-Factory's DataArguments.cutoff_len default
 EXPORT_RECORD = "lfx_export.json"
+COMMAND = "lfx export"  # what its output folder's marker names: --force replaces only a folder it wrote
 CONVERT_TIMEOUT_S = 6 * 3600
 
 
@@ -282,13 +282,10 @@ def export(target: str | Path, fmt: str = "gguf", outtype: str = "f16", out_dir:
     outtype = check_options(fmt, outtype)
     source = resolve_source(target)
     out = Path(out_dir) if out_dir else default_out(source)
-    if out.exists() and not force:
-        raise LfxError(f"{out}: already exists (pass --force to replace it)")
-    if out.exists() and not out.is_dir():
-        raise LfxError(f"{out}: exists and is not a folder")
-    refuse_overwrite(out, [source.model], "export")  # --force replaces OUT: never the model, nor a folder above it
+    refuse_overwrite(out, [source.model], "export")  # never the model, nor a folder above it
     if out.resolve() == source.given.resolve() or out.resolve() in source.given.resolve().parents:
         raise LfxError(f"{out}: the export would overwrite {source.given}; choose another output folder")
+    check_replaceable(out, COMMAND, force)
     if source.kind == "adapter":
         from ..artifact.merge import resolve_base
 
@@ -309,12 +306,7 @@ def export(target: str | Path, fmt: str = "gguf", outtype: str = "f16", out_dir:
     check_architecture(config_path, llamacpp_converter.supported_architectures(converter), llamacpp_converter.pin())
     name = model_name(source.model)
 
-    parent = out.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with staged_folder(out, COMMAND, force) as tmp:
         model = source.model
         if source.kind == "adapter":
             from ..artifact.merge import merge
@@ -324,24 +316,16 @@ def export(target: str | Path, fmt: str = "gguf", outtype: str = "f16", out_dir:
         template = persona_template(model)
         result = _write(source, model, template, tmp, name, fmt, outtype, converter, progress)
         shutil.rmtree(tmp / "merged", ignore_errors=True)
-        for item in tmp.iterdir():
-            readable(item)
-        replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     result["out"] = str(out)
     return result
 
 
 def _write(source: Source, model: Path, template: str, tmp: Path, name: str, fmt: str, outtype: str,
            converter: Path, progress: bool) -> dict[str, Any]:  # fmt: skip
-    from transformers import AutoTokenizer
-
     from .. import __version__
     from .converter import pin
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model))
+    tokenizer = open_tokenizer(model)
     base_models, base_license = describe_base(source.base_name)
     license_ = _front_matter(model / "README.md").get("license") or base_license  # the model's own card first
     stage = tmp / "stage" / name

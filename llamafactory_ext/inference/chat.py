@@ -52,20 +52,26 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\r", "").replace("\n", "<br>") or "(empty)"
 
 
+TABLE_HEAD = "# Before / after\n"  # the first line of every table compare writes: --force replaces only such a file
+
+
 def compare(before: str, after: str, prompts_file: str, max_new_tokens: int = 256, system: str | None = None,
-            out_file: str | None = None) -> str:  # fmt: skip
+            out_file: str | None = None, force: bool = False) -> str:  # fmt: skip
     """A Markdown table of each prompt with the base model's and the fine-tuned model's answer; written to
-    `out_file` (never over one of the inputs) or returned."""
+    `out_file` (never over one of the inputs, over an existing file only with `force` and only a table of
+    compare's) or returned."""
     if out_file:
         refuse_overwrite(out_file, [prompts_file, before, after], "table")
+        _check_replaceable(Path(out_file), force)
     prompts = [p.text for p in read_prompts_file(prompts_file)]
+    located = {"before": generation.locate(before), "after": generation.locate(after)}  # every path before any load
     answers = {}
-    for name, path in (("before", before), ("after", after)):
-        model, tokenizer = generation.load(path)
+    for name, where in located.items():
+        model, tokenizer = generation.load_located(*where)
         convs = [([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": p}] for p in prompts]
         answers[name] = [a.text for a in generation.generate(model, tokenizer, convs, max_new_tokens)]
         del model
-    lines = [f"# Before / after\n\n- before: `{before}`\n- after: `{after}`\n- greedy decoding, up to {max_new_tokens} new tokens\n",
+    lines = [f"{TABLE_HEAD}\n- before: `{before}`\n- after: `{after}`\n- greedy decoding, up to {max_new_tokens} new tokens\n",
              "| # | Prompt | Before | After |", "|---|---|---|---|"]  # fmt: skip
     for i, prompt in enumerate(prompts, 1):
         lines.append(f"| {i} | {_cell(prompt)} | {_cell(answers['before'][i - 1])} | {_cell(answers['after'][i - 1])} |")
@@ -73,3 +79,17 @@ def compare(before: str, after: str, prompts_file: str, max_new_tokens: int = 25
     if out_file:
         atomic_write_text(Path(out_file), table)
     return table
+
+
+def _check_replaceable(out: Path, force: bool) -> None:
+    if not out.exists():
+        return
+    if out.is_dir():
+        raise LfxError(f"{out}: is a folder; -o names the table's file")
+    with open(out, "rb") as f:
+        ours = f.read(len(TABLE_HEAD.encode())) == TABLE_HEAD.encode()
+    if not ours:
+        raise LfxError(f"{out}: already exists and is not a table lfx compare wrote; it never replaces another file: "
+                       "choose another path")  # fmt: skip
+    if not force:
+        raise LfxError(f"{out}: already exists (pass --force to replace it)")

@@ -9,19 +9,8 @@ from typing import Any
 
 from ..errors import LfxError
 from ..files import read_json
-from ..models import resolve
+from ..models import ADAPTER_CONFIG, NOT_A_MODEL, folder_kind, open_tokenizer, resolve
 from .prompts import Answer
-
-ADAPTER_CONFIG = "adapter_config.json"
-
-
-def kind(folder: Path) -> str | None:
-    """'adapter', 'model' or None for a folder."""
-    if (folder / ADAPTER_CONFIG).is_file():
-        return "adapter"
-    if (folder / "config.json").is_file():
-        return "model"
-    return None
 
 
 def adapter_base(adapter: Path, base: str | None = None, record: dict[str, Any] | None = None) -> Path:
@@ -37,12 +26,7 @@ def adapter_base(adapter: Path, base: str | None = None, record: dict[str, Any] 
 
 def load_tokenizer(folder: Path):
     """The tokenizer with its chat template, padding on the left for batches."""
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    except (OSError, ValueError, KeyError, TypeError) as err:  # missing or damaged tokenizer files
-        raise LfxError(f"{folder}: the tokenizer cannot be loaded ({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
+    tokenizer = open_tokenizer(folder)
     if not tokenizer.chat_template:
         raise LfxError(f"{folder}: the tokenizer has no chat template (merge with lfx merge to bake the persona's in)")
     tokenizer.padding_side = "left"
@@ -58,6 +42,8 @@ def load_model(folder: Path):
     try:
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.bfloat16 if cuda else torch.float32)
     except (OSError, ValueError, KeyError, RuntimeError) as err:  # missing or damaged weights or config
+        if isinstance(err, torch.OutOfMemoryError):  # the machine, not the folder: exit 1 with the traceback hint
+            raise
         raise LfxError(f"{folder}: the model cannot be loaded ({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
     return model.to("cuda" if cuda else "cpu").eval()
 
@@ -68,17 +54,32 @@ def with_adapter(model, adapter: Path):
     return PeftModel.from_pretrained(model, str(adapter)).eval()
 
 
+def locate(path: str | Path, base: str | None = None) -> tuple[Path, Path | None]:
+    """(the model or adapter folder, an adapter's base folder or None), every path checked and nothing loaded:
+    commands that load several models locate them all first, so a typo costs no model load."""
+    folder = resolve(str(path), str(path), files=("*.json", "*.safetensors", "*.jinja", "*.model", "*.txt"))
+    what = folder_kind(folder)
+    if what is None:
+        raise LfxError(f"{folder}: {NOT_A_MODEL}")
+    if what == "model":
+        return folder, None
+    base_dir = adapter_base(folder, base)
+    if folder_kind(base_dir) != "model":
+        raise LfxError(f"{base_dir}: the adapter's base is not a model folder (config.json and weights); pass --base PATH")
+    return folder, base_dir
+
+
 def load(path: str | Path, base: str | None = None):
     """(model, tokenizer) from a merged model folder, an adapter folder (over its base) or a Hub id."""
-    folder = resolve(str(path), str(path), files=("*.json", "*.safetensors", "*.jinja", "*.model", "*.txt"))
-    what = kind(folder)
-    if what == "adapter":
-        base_dir = adapter_base(folder, base)
+    return load_located(*locate(path, base))
+
+
+def load_located(folder: Path, base_dir: Path | None):
+    """(model, tokenizer) of what `locate` found."""
+    if base_dir is not None:
         tokenizer = load_tokenizer(folder if (folder / "tokenizer_config.json").is_file() else base_dir)
         return with_adapter(load_model(base_dir), folder), tokenizer
-    if what == "model":
-        return load_model(folder), load_tokenizer(folder)
-    raise LfxError(f"{folder}: neither a model folder (config.json) nor a LoRA adapter (adapter_config.json)")
+    return load_model(folder), load_tokenizer(folder)
 
 
 def stop_ids(model, tokenizer) -> list[int]:

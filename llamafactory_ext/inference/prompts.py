@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import LfxError
 from ..files import read_json_records, read_jsonl, read_text
-from ..persona.dataset_entries import ALPACA_DEFAULTS, SHAREGPT_DEFAULTS
+from ..persona.dataset_entries import ALPACA_DEFAULTS, SHAREGPT_DEFAULTS, json_expected
 
 # sharegpt records in OpenAI's form (`messages` with role/content), as LLaMA-Factory's openai formatting reads them.
 OPENAI_INFO = {"formatting": "sharegpt", "columns": {"messages": "messages"},
@@ -37,18 +37,11 @@ class Answer:
     stopped: bool  # ended on a stop token, not at the token limit
 
 
-def _json_rule_matches(rule: Any, record: dict) -> bool:
-    if isinstance(rule, dict):
-        return any(record.get(key) in values for key, values in rule.items())
-    return bool(rule)
-
-
 def record_prompt(where: str, record: Any, info: dict[str, Any], dataset: str = "") -> Prompt:
     """A dataset record (alpaca or sharegpt, the entry's columns) as the conversation up to the last
     user turn and the answer after it."""
     if not isinstance(record, dict):
         raise LfxError(f"{where}: expected an object, got {type(record).__name__}")
-    rule = (info.get("lfx") or {}).get("json_output", False)
     task = record.get("task") if isinstance(record.get("task"), str) else None
     if info.get("formatting", "alpaca") == "alpaca":
         cols = {**ALPACA_DEFAULTS, **info.get("columns", {})}
@@ -77,7 +70,7 @@ def record_prompt(where: str, record: Any, info: dict[str, Any], dataset: str = 
             raise LfxError(f"{where}: field '{cols['messages']}': no user turn to answer")
     if not isinstance(reference, str):
         raise LfxError(f"{where}: reference answer: expected a string, got {type(reference).__name__}")
-    return Prompt(messages, reference, dataset, task, bool(reference) and _json_rule_matches(rule, record))
+    return Prompt(messages, reference, dataset, task, bool(reference) and json_expected(info, record))
 
 
 def read_prompts_file(path: str | Path) -> list[Prompt]:

@@ -18,6 +18,7 @@ from ..errors import LfxError
 from ..files import read_json
 from ..paths import datasets_dir
 from ..secrets import refuse as refuse_secrets
+from ..validation import comma_list as dataset_names  # noqa: F401 (the name the commands import)
 from ..validation import validate
 from .schema import Columns, DatasetInfoEntry, LfxKeys, Tags
 
@@ -56,6 +57,15 @@ class DatasetEntry:
         return {k: v for k, v in self.info.items() if k != "lfx"}
 
 
+def json_expected(info: dict[str, Any], record: dict[str, Any]) -> bool:
+    """Whether a record's responses must be JSON, by its entry's `lfx: {json_output: ...}`: true for every record,
+    {FIELD: [VALUES]} for the records whose FIELD is one of VALUES."""
+    rule = (info.get("lfx") or {}).get("json_output", False)
+    if isinstance(rule, dict):
+        return any(record.get(field) in values for field, values in rule.items())
+    return bool(rule)
+
+
 def validate_entry(name: str, info: Any, info_path: Path) -> None:
     """One dataset_info entry against the schema (keys, types, a source, a file_name that stays inside)."""
     where = f"{info_path}: dataset '{name}'"
@@ -63,15 +73,17 @@ def validate_entry(name: str, info: Any, info_path: Path) -> None:
     validate(DatasetInfoEntry, info, where)
 
 
-def load_entries(directory: str | Path | None = None) -> dict[str, DatasetEntry]:
-    """Our dataset entries (default: datasets/dataset_info.json), validated."""
+def load_entries(directory: str | Path | None = None, names: list[str] | None = None) -> dict[str, DatasetEntry]:
+    """Our dataset entries (default: datasets/dataset_info.json); every one validated, or with `names` only
+    those: LLaMA-Factory reads only the entries a run names, so a broken entry of another dataset stops nothing."""
     directory = Path(directory) if directory else datasets_dir()
     info_path = directory / INFO_FILE
     info = read_json(info_path)
     if not isinstance(info, dict):
         raise LfxError(f"{info_path}: expected a JSON object of dataset entries, got {type(info).__name__}")
     for name, entry in info.items():
-        validate_entry(name, entry, info_path)
+        if names is None or name in names:
+            validate_entry(name, entry, info_path)
     return {name: DatasetEntry(name, entry, directory) for name, entry in info.items()}
 
 
@@ -82,12 +94,3 @@ def select(entries: dict[str, DatasetEntry], names: list[str] | None) -> list[Da
         if name not in entries:
             raise LfxError(f"unknown dataset '{name}' (known: {', '.join(sorted(entries))})")
     return [entries[name] for name in names]
-
-
-def dataset_names(value: Any) -> list[str]:
-    """The names in a `dataset`/`eval_dataset` value: "a, b" or a list, as LLaMA-Factory splits them."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [n.strip() for n in value.split(",") if n.strip()]
-    return [str(n).strip() for n in value]

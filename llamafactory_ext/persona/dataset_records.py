@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
 
 from ..errors import LfxError
 from ..files import read_json_records, read_jsonl
 from ..hub import offline as hub_offline
+from ..paths import env_enabled
 from ..secrets import HOW, find_in_text, walk
-from .dataset_entries import ALPACA_DEFAULTS, INFO_FILE, SHAREGPT_DEFAULTS, DatasetEntry
+from .dataset_entries import ALPACA_DEFAULTS, INFO_FILE, SHAREGPT_DEFAULTS, DatasetEntry, json_expected
 
 # LLaMA-Factory's FILEEXT2TYPE (llamafactory/extras/constants.py; tests check they agree): file
 # extension -> the `datasets` builder that reads it.
@@ -23,18 +23,14 @@ class RecordsUnavailable(Exception):
     a cloud file): `lfx check` says so in a warning and skips what needs them."""
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "0").lower() in ("true", "y", "1")
-
-
 def source_kind(entry: DatasetEntry) -> str:
     """Where LLaMA-Factory loads the entry from, chosen as llamafactory/data/parser.py get_dataset_list does."""
     info = entry.info
     has_hf, has_ms, has_om = ("hf_hub_url" in info), ("ms_hub_url" in info), ("om_hub_url" in info)
     if has_hf or has_ms or has_om:
-        if has_ms and (_env_flag("USE_MODELSCOPE_HUB") or not has_hf):
+        if has_ms and (env_enabled("USE_MODELSCOPE_HUB") or not has_hf):
             return "ms_hub"
-        if has_om and (_env_flag("USE_OPENMIND_HUB") or not has_hf):
+        if has_om and (env_enabled("USE_OPENMIND_HUB") or not has_hf):
             return "om_hub"
         return "hf_hub"
     if "script_url" in info:
@@ -177,10 +173,29 @@ def countable_records(entry: DatasetEntry, cache_dir: str | None = None) -> list
                        "here (download it first)") from None  # fmt: skip
 
 
-def _wants_json(rule: Any, record: dict) -> bool:
-    if isinstance(rule, dict):
-        return any(record.get(field_name) in values for field_name, values in rule.items())
-    return bool(rule)
+def taken(entry: DatasetEntry, count: int, max_samples: int | None) -> int:
+    """How many of a dataset's `count` records a run reads, as LLaMA-Factory's _load_single_dataset takes them
+    (llamafactory/data/loader.py:145-159): the entry's `num_samples` (drawn, repeating records when above the
+    count), then the run's `max_samples`."""
+    n = entry.info.get("num_samples") or count
+    return min(n, int(max_samples)) if max_samples else n
+
+
+def val_split(total: int, val_size: float | int | None, seed: int, where: str) -> tuple[list[int], list[int]]:
+    """(training, held-out) indexes of the `total` records a run reads, split as LLaMA-Factory splits them
+    (llamafactory/data/data_utils.py:109-115: `datasets`' train_test_split with the run's seed; nothing held out
+    at or below 1e-6); LfxError naming `where` when the split fails there at launch."""
+    val = val_size or 0
+    if val <= 1e-6:
+        return list(range(total)), []
+    from datasets import Dataset
+
+    try:
+        split = Dataset.from_dict({"i": list(range(total))}).train_test_split(test_size=int(val) if val > 1 else val, seed=seed)
+    except ValueError as err:
+        raise LfxError(f"{where}: {val_size} of {total} records: {' '.join(str(err).split())} (LLaMA-Factory splits there "
+                       "at launch: llamafactory/data/data_utils.py:115)") from None  # fmt: skip
+    return split["train"]["i"], split["test"]["i"]
 
 
 def _check_json(where: str, text: str) -> None:
@@ -190,7 +205,7 @@ def _check_json(where: str, text: str) -> None:
         raise LfxError(f"{where}: response is not valid JSON ({err.msg} at char {err.pos})") from None
 
 
-def _check_alpaca(where: str, record: dict, info: dict, json_rule: Any) -> None:
+def _check_alpaca(where: str, record: dict, info: dict) -> None:
     cols = {**ALPACA_DEFAULTS, **info.get("columns", {})}
     required = ["prompt"] + ([] if info.get("ranking") else ["response"])
     for key in required:
@@ -214,11 +229,11 @@ def _check_alpaca(where: str, record: dict, info: dict, json_rule: Any) -> None:
             isinstance(t, list) and len(t) == 2 and all(isinstance(s, str) for s in t) for t in turns
         ):
             raise LfxError(f"{where}: field '{history}': expected a list of [question, answer] string pairs")
-    if not info.get("ranking") and _wants_json(json_rule, record):
+    if not info.get("ranking") and json_expected(info, record):
         _check_json(f"{where}: field '{cols['response']}'", record[cols["response"]])
 
 
-def _check_sharegpt(where: str, record: dict, info: dict, json_rule: Any) -> None:
+def _check_sharegpt(where: str, record: dict, info: dict) -> None:
     cols = {**SHAREGPT_DEFAULTS, **info.get("columns", {}), **info.get("tags", {})}
     col = cols["messages"]
     if col not in record:
@@ -250,7 +265,7 @@ def _check_sharegpt(where: str, record: dict, info: dict, json_rule: Any) -> Non
                 raise LfxError(f"{at}.{role_tag}': roles must alternate, expected {want}, got '{role}'")
     if (len(messages) - start) % 2 != 0 or len(messages) == start:
         raise LfxError(f"{where}: field '{col}': must end with an {cols['assistant_tag']} message")
-    if _wants_json(json_rule, record):
+    if json_expected(info, record):
         for i in range(start + 1, len(messages), 2):
             _check_json(f"{where}: field '{col}[{i}].{content_tag}'", messages[i][content_tag])
 
@@ -265,13 +280,12 @@ def check_entry(entry: DatasetEntry, records: list | None = None) -> int:
             return 0
     label = source_label(entry)
     info = entry.info
-    json_rule = info.get("lfx", {}).get("json_output", False)
     check = _check_alpaca if info.get("formatting", "alpaca") == "alpaca" else _check_sharegpt
     for index, record in enumerate(records):
         where = f"{label}: record {index}"
         if not isinstance(record, dict):
             raise LfxError(f"{where}: expected an object, got {type(record).__name__}")
-        check(where, record, info, json_rule)
+        check(where, record, info)
         _refuse_secrets(where, record)
     return len(records)
 
@@ -290,7 +304,7 @@ def check_lines(names: list[str]) -> list[str]:
     from .dataset_entries import load_entries, select
 
     lines = []
-    for entry in select(load_entries(), names):
+    for entry in select(load_entries(names=names or None), names):
         try:
             records = read_records(entry)
         except RecordsUnavailable as why:

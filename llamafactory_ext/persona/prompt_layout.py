@@ -70,13 +70,9 @@ def show(name: str, tokenizer_path: str | None = None, system: str | None = None
     template = get_template(name)
     tokenizer = None
     if tokenizer_path:
-        from transformers import AutoTokenizer
+        from ..models import open_tokenizer
 
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise LfxError(f"{tokenizer_path}: --tokenizer: not a tokenizer folder ({type(err).__name__}: "
-                           f"{' '.join(str(err).split())[:160]})") from None  # fmt: skip
+        tokenizer = open_tokenizer(tokenizer_path, "--tokenizer: not a tokenizer folder")
         template.fix_special_tokens(tokenizer)
     prompt, response = render_messages(template, SAMPLE_CONVERSATION, system, tokenizer)
     lines = [f"# template: {name}", f"# default system: {template.default_system or '(none)'}",

@@ -13,15 +13,28 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LfxError
-from ..files import atomic_copy, atomic_write_text, dump_json, has_bom, inside, read_json, read_text
+from ..files import (
+    atomic_copy,
+    atomic_write_text,
+    dump_json,
+    has_bom,
+    inside,
+    mark_written,
+    not_written_by,
+    read_json,
+    read_text,
+    refuse_foreign,
+    refuse_overwrite,
+)
 from ..paths import datasets_dir
-from .dataset_entries import INFO_FILE, load_entries, select
+from .dataset_entries import INFO_FILE, DatasetEntry, load_entries, select
 from .dataset_records import check_entry
 from .schema import FORMATTER_FIELDS
 from .templates import TemplateSpec, load_specs
 
 # Names this package put into LLaMA-Factory's registry, so re-registering replaces only our own.
 _REGISTERED: set[str] = set()
+COMMAND = "lfx datasets register"  # what a dataset folder's marker names: --force replaces only files it copied
 
 
 def _formatter(value: dict):
@@ -119,20 +132,24 @@ def get_template(name: str):
 
 
 def register_datasets(into: str | Path, names: list[str] | None = None, force: bool = False,
-                      keep_lfx: bool = False) -> list[str]:  # fmt: skip
+                      keep_lfx: bool = False, mark: bool = False) -> list[str]:  # fmt: skip
     """Merge our entries (and copy their files) into `into`/dataset_info.json.
 
-    Existing entries are kept; redefining one differently is refused unless `force`. Everything is
+    Existing entries are kept; redefining one differently is refused unless `force`, and `force` replaces
+    only data files an earlier registration copied (`mark` records them in the folder's marker). Everything is
     validated and every conflict found before the first byte is written. `keep_lfx` keeps our `lfx`
     key (a run folder's snapshot, which `lfx check` reads back); LLaMA-Factory ignores it.
     """
     into = Path(into)
     if into.exists() and not into.is_dir():
         raise LfxError(f"{into}: exists and is not a folder (--into names LLaMA-Factory's dataset folder)")
-    chosen = select(load_entries(), names)
+    in_place = into.resolve() == datasets_dir().resolve()  # our own folder: checked, nothing to copy
+    if not in_place:
+        refuse_overwrite(into, [], "dataset folder")
+    chosen = select(load_entries(names=names or None), names)
     for entry in chosen:
         check_entry(entry)
-    if into.resolve() == datasets_dir().resolve():
+    if in_place:
         return [e.name for e in chosen]
     info_path = into / INFO_FILE
     existing = read_json(info_path) if info_path.exists() else {}
@@ -140,28 +157,49 @@ def register_datasets(into: str | Path, names: list[str] | None = None, force: b
         raise LfxError(f"{info_path}: expected a JSON object of dataset entries, got {type(existing).__name__}")
     merged = dict(existing)
     copies: list[tuple[Path, Path]] = []
+    replaced: list[str] = []
     for entry in chosen:
-        info = entry.info if keep_lfx else entry.lf_info
+        info = dict(entry.info if keep_lfx else entry.lf_info)
+        if entry.path is not None:
+            info["file_name"] = copied_name(entry)
         old = existing.get(entry.name)
         if old is not None and old != info and not force:
             raise LfxError(f"{info_path}: dataset '{entry.name}' is already defined differently (use --force to replace it)")
         merged[entry.name] = info
         if entry.path is not None:
-            target = inside(into, entry.info["file_name"], f"{entry.directory / INFO_FILE}: dataset '{entry.name}': field 'file_name'")
+            target = inside(into, info["file_name"], f"{entry.directory / INFO_FILE}: dataset '{entry.name}': field 'file_name'")
             pairs = ([(f, target / f.name) for f in sorted(entry.path.iterdir()) if f.is_file()]
                      if entry.path.is_dir() else [(entry.path, target)])  # a folder: LLaMA-Factory reads all its files
             for src, dst in pairs:
-                if dst.is_dir() or (dst.exists() and not _same(src, dst)):
-                    if not force or dst.is_dir():
-                        raise LfxError(f"{dst}: a different {'folder' if dst.is_dir() else 'file'} is already there "
-                                       "(use --force to replace it)")  # fmt: skip
+                if dst.is_dir():
+                    raise LfxError(f"{dst}: a folder is already there, where dataset '{entry.name}' goes")
+                if dst.exists() and not _same(src, dst):
+                    if not force:
+                        raise LfxError(f"{dst}: a different file is already there (use --force to replace it)")
+                    replaced.append(dst.relative_to(into).as_posix())
                 if not dst.is_file() or not _same(src, dst):
                     copies.append((src, dst))
+    refuse_foreign(into, COMMAND, replaced)  # --force replaces only the files an earlier registration copied
     for src, dst in copies:
         _copy_data(src, dst)
     if merged != existing or not info_path.exists():
         atomic_write_text(info_path, dump_json(merged))
+    if mark and copies:
+        ours = _written_files(into) | {dst.relative_to(into).as_posix() for _, dst in copies}
+        mark_written(into, COMMAND, sorted(n for n in ours if (into / n).is_file()))
     return [e.name for e in chosen]
+
+
+def copied_name(entry: DatasetEntry) -> str:
+    """The entry's `file_name` in a copy of its data: as it is, or for an absolute one (LLaMA-Factory accepts
+    it) a relative name inside the copy, so the copy stands alone and names no path of this machine."""
+    name = entry.info["file_name"]
+    return f"external/{entry.name}/{Path(name).name}" if Path(name).is_absolute() else name
+
+
+def _written_files(folder: Path) -> set[str]:
+    names = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+    return set(names) - set(not_written_by(folder, COMMAND, names))
 
 
 def _same(src: Path, dst: Path) -> bool:

@@ -84,7 +84,11 @@ class TemplateFile(Strict):
 
 SOURCE_KEYS = ("file_name", "hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
 FORMATTINGS = ("alpaca", "sharegpt", "openai")
-LANGUAGES = ("ko", "en")  # what `lfx eval` recognises by script (evaluation.metrics.SCRIPTS)
+# The languages a dataset's responses may be declared in (`lfx: {language: ...}`), each with the letters that are
+# written in it (`lfx eval` counts them in an answer): a Korean persona writes Hangul, syllables and jamo, an
+# English one Latin letters.
+LANGUAGE_LETTERS = {"ko": r"[\u1100-\u11ff\u3130-\u318f\uac00-\ud7a3]", "en": r"[A-Za-z]"}
+LANGUAGES = tuple(LANGUAGE_LETTERS)
 
 
 class Columns(Strict):
@@ -121,7 +125,7 @@ class LfxKeys(Strict):
     """Our key in an entry, which LLaMA-Factory ignores: JSON-output responses and the responses' language."""
 
     json_output: Union[StrictBool, dict[str, list]] = Field(False, description="true, false or {FIELD: [VALUES]}")
-    language: Optional[Literal["ko", "en"]] = None
+    language: Optional[Literal[LANGUAGES]] = None
 
 
 class DatasetInfoEntry(Strict):
@@ -151,13 +155,16 @@ class DatasetInfoEntry(Strict):
 
     @field_validator("file_name")
     @classmethod
-    def stays_beside_the_info(cls, value):
-        # LLaMA-Factory joins it to dataset_dir (llamafactory/data/loader.py, _load_single_dataset); a run
-        # folder's snapshot copies it there: it must stay inside that folder.
-        if value is None:
+    def relative_inside_or_absolute(cls, value):
+        # LLaMA-Factory joins it to dataset_dir (llamafactory/data/loader.py, _load_single_dataset: os.path.join,
+        # so an absolute path is taken as it is, and `~` is not expanded); a run folder's snapshot copies the file
+        # in and names it relative there (persona.registration).
+        if value is None or os.path.isabs(value):
             return value
-        if os.path.isabs(value) or value.startswith("~"):
-            raise ValueError(f"'{value}' is an absolute path: put the file beside dataset_info.json and name it relative")
+        if value.startswith("~"):
+            raise ValueError(f"'{value}': LLaMA-Factory does not expand '~': give the absolute path, or one relative to "
+                             "dataset_info.json")  # fmt: skip
         if os.path.normpath(value).split(os.sep)[0] == "..":
-            raise ValueError(f"'{value}' leads outside the dataset folder (no '..'): put the file beside dataset_info.json")
+            raise ValueError(f"'{value}' leads outside the dataset folder (no '..'): put the file beside dataset_info.json "
+                             "or give its absolute path")  # fmt: skip
         return value

@@ -42,6 +42,15 @@ def load_spec(path: str | Path) -> TemplateSpec:
                         description=spec.description, overrides=spec.overrides.model_dump(exclude_none=True))  # fmt: skip
 
 
+def without_system_prompt(spec: TemplateSpec) -> str | None:
+    """The one-line warning for a persona template whose system prompt is empty (the persona then lives in the
+    data alone, and `lfx eval`'s prompted base is the plain base); None when it has one."""
+    if spec.default_system.strip():
+        return None
+    return (f"{spec.path}: field 'default_system': empty: template '{spec.name}' has no persona system prompt, so the "
+            "model trains and answers without one (write the persona's prompt there)")  # fmt: skip
+
+
 def load_specs(directory: str | Path | None = None) -> dict[str, TemplateSpec]:
     """All template files in `directory` (default: templates/), by name."""
     directory = Path(directory) if directory else templates_dir()

@@ -70,8 +70,8 @@ def check(recipe_path: str | Path, *, preset: str | None = None, launch: dict | 
     for line in recipe.warnings:
         where, _, message = line.partition(": ")
         report.warn(where, message)
-    entries = load_entries()
-    names = list(dict.fromkeys(dataset_names(recipe.args["dataset"]) + dataset_names(recipe.args.get("eval_dataset"))))
+    names = recipe.datasets
+    entries = load_entries(names=names)
     raw = {}
     for name in names:
         try:
@@ -130,27 +130,15 @@ def label_findings(report: Report, name: str, labels: dict[str, Any]) -> None:
 
 
 def check_split(recipe, counts: dict[str, int], entries: dict) -> None:
-    """LLaMA-Factory's val_size split run on the run's record count (llamafactory/data/data_utils.py:114-115:
-    datasets' train_test_split on the concatenated records, after each entry's num_samples and the run's
-    max_samples, loader.py:_load_single_dataset): a count above the data, or a fraction that leaves no
-    training record, fails there at launch."""
-    val = recipe.args.get("val_size") or 0
-    train = [n for n in dataset_names(recipe.args["dataset"]) if n in counts]
-    if val <= 1e-6 or len(train) < len(dataset_names(recipe.args["dataset"])):
-        return
-    limit = recipe.args.get("max_samples")
-    total = 0
-    for name in train:
-        n = entries[name].info.get("num_samples") or counts[name]
-        total += min(n, limit) if limit else n
-    from datasets import Dataset
+    """LLaMA-Factory's val_size split run on the run's record count (persona.dataset_records.val_split): a count
+    above the data, or a fraction that leaves no training record, fails there at launch."""
+    from ..persona.dataset_records import taken, val_split
 
-    size = int(val) if val > 1 else val
-    try:
-        Dataset.from_dict({"i": list(range(total))}).train_test_split(test_size=size, seed=int(recipe.args.get("seed", 42)))
-    except ValueError as err:
-        raise LfxError(f"{recipe.path}: field 'val_size': {val} of {total} records: {' '.join(str(err).split())} "
-                       "(LLaMA-Factory splits there at launch: llamafactory/data/data_utils.py:115)") from None  # fmt: skip
+    train = [n for n in dataset_names(recipe.args["dataset"]) if n in counts]
+    if len(train) < len(dataset_names(recipe.args["dataset"])):
+        return
+    total = sum(taken(entries[name], counts[name], recipe.args.get("max_samples")) for name in train)
+    val_split(total, recipe.args.get("val_size"), int(recipe.args.get("seed", 42)), f"{recipe.path}: field 'val_size'")
 
 
 def quiet_llamafactory() -> None:

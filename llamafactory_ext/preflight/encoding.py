@@ -129,7 +129,7 @@ def aligned_records(recipe: Recipe, name: str, records: list | None = None) -> l
     attr = get_dataset_list([name], data_args.dataset_dir)[0]
     convert = get_dataset_converter(attr.formatting, attr, data_args)
     if records is None:  # `lfx plan`: records not validated yet, and unavailable ones are an error there
-        entry = load_entries()[name]
+        entry = load_entries(names=[name])[name]
         records = countable_records(entry, recipe.args.get("cache_dir"))
         check_entry(entry, records)
     out = [convert(record) for record in records]

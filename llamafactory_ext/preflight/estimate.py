@@ -73,25 +73,26 @@ def lora_params(arch: Arch, args: dict[str, Any]) -> float:
     shapes = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
               "gate_proj": (h, inter), "up_proj": (h, inter), "down_proj": (inter, h),
               "qkv_proj": (h, h + 2 * kv), "gate_up_proj": (h, 2 * inter)}  # fmt: skip
-    from ..recipe.schema import names as split_names
+    from ..validation import comma_list
 
-    target = split_names(args.get("lora_target", "all"))
+    target = comma_list(args.get("lora_target", "all"))
     names = LINEAR if target == ["all"] else [t for t in target if t in shapes]
     rank = int(args.get("lora_rank", 8))
     return float(arch.num_hidden_layers * sum(rank * sum(shapes[n]) for n in names))
 
 
 def samples(recipe: Recipe) -> int:
+    """The training samples of a run: each dataset's records as LLaMA-Factory takes them (num_samples, then
+    max_samples), less its val_size split."""
     from ..persona.dataset_entries import dataset_names, load_entries
-    from ..persona.dataset_records import countable_records
+    from ..persona.dataset_records import countable_records, taken, val_split
 
-    entries = load_entries()
-    total = 0
-    for name in dataset_names(recipe.args["dataset"]):
-        count = len(countable_records(entries[name], recipe.args.get("cache_dir")))
-        total += min(count, recipe.args["max_samples"]) if recipe.args.get("max_samples") else count
-    val = recipe.args.get("val_size") or 0
-    return total - (int(val) if val >= 1 else int(math.ceil(total * val)) if val else 0)
+    names = dataset_names(recipe.args["dataset"])
+    entries = load_entries(names=names)
+    max_samples = recipe.args.get("max_samples")
+    total = sum(taken(entries[n], len(countable_records(entries[n], recipe.args.get("cache_dir"))), max_samples) for n in names)
+    train, _ = val_split(total, recipe.args.get("val_size"), int(recipe.args.get("seed", 42)), f"{recipe.path}: field 'val_size'")
+    return len(train)
 
 
 def gpu_memory_gb(arch: Arch, recipe: Recipe, gpus_per_node: int, nodes: int, tokens: int) -> dict[str, float]:
@@ -156,12 +157,22 @@ class Plan:
 
 
 def _steps(n: int, per_device: int, accumulation: int, world: int, args: dict[str, Any]) -> tuple[int, int, int]:
-    per_rank = math.ceil(n / world)
-    steps_per_epoch = max(math.ceil(per_rank / per_device) // accumulation, 1)
+    """(optimizer steps per epoch, in all, of warm-up) as the trainer counts them. Each rank's dataloader holds
+    ceil(n / world) samples in batches of per_device (accelerate shards the batches: ceil(n / (per_device x world))
+    a rank, the last one short); transformers' Trainer.set_initial_training_values (trainer.py) makes an epoch
+    `len // accumulation + (len % accumulation > 0)` steps, at least 1, and the run max_steps or
+    ceil(num_train_epochs x that); warm-up is TrainingArguments.get_warmup_steps of warmup_steps (or
+    warmup_ratio, which transformers 5 reads as warmup_steps)."""
+    from types import SimpleNamespace
+
+    from transformers import TrainingArguments
+
+    batches = math.ceil(n / (per_device * world))
+    steps_per_epoch = max(batches // accumulation + int(batches % accumulation > 0), 1)
     max_steps = args.get("max_steps") or -1
     total = max_steps if max_steps > 0 else math.ceil(float(args.get("num_train_epochs", 3.0)) * steps_per_epoch)
-    warmup = args.get("warmup_steps") or math.ceil(float(args.get("warmup_ratio") or 0) * total)
-    return steps_per_epoch, total, int(warmup)
+    warmup = args["warmup_ratio"] if args.get("warmup_ratio") is not None else args.get("warmup_steps") or 0
+    return steps_per_epoch, total, TrainingArguments.get_warmup_steps(SimpleNamespace(warmup_steps=warmup), total)
 
 
 def _hours(arch: Arch, recipe: Recipe, total_steps: int, global_batch: int, tokens: int, gpu: dict, world: int) -> float:

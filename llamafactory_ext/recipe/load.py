@@ -21,9 +21,10 @@ from ..errors import LfxError
 from ..files import read_json, read_yaml
 from ..paths import REPO_ROOT
 from ..persona.dataset_entries import dataset_names
+from ..persona.templates import load_specs, without_system_prompt
 from ..secrets import refuse as refuse_secrets
 from ..validation import validate
-from .schema import LAUNCH_DEFAULTS, gpu_table, ineffective, names, recipe_model
+from .schema import LAUNCH_DEFAULTS, gpu_table, ineffective, recipe_model
 from .upstream_rules import check_later_rules
 
 PRESETS_FILE = REPO_ROOT / "launch" / "presets.yaml"
@@ -135,6 +136,9 @@ def load_recipe(path: str | Path, preset: str | None = None, launch: dict[str, A
         per_device = args.get("per_device_train_batch_size", 8)
         args.setdefault("gradient_accumulation_steps", block["global_batch_size"] // (per_device * block["gpus"] * block["nodes"]))
     _check_registries(where, args, block["zero_stage"])
+    spec = load_specs().get(args["template"])  # ours (a LLaMA-Factory built-in has no persona prompt to miss)
+    if spec is not None and without_system_prompt(spec):
+        warnings.append(without_system_prompt(spec))
     return Recipe(path=path, name=_run_name(path), args=args, launch=block,
                   deepspeed_config=_deepspeed_config(where, path, block), warnings=warnings)  # fmt: skip
 
@@ -153,9 +157,9 @@ def _check_registries(where: str, args: dict[str, Any], zero_stage: int) -> None
         # llamafactory/data/template.py, get_template_and_fix_tokenizer
         raise LfxError(f"{where}: field 'train_on_prompt': template '{args['template']}' uses efficient_eos, "
                        "which LLaMA-Factory does not support with train_on_prompt")  # fmt: skip
-    entries = load_entries()
+    entries = load_entries(names=dataset_names(args.get("dataset")) + dataset_names(args.get("eval_dataset")))
     for field_name in ("dataset", "eval_dataset"):
-        for name in names(args.get(field_name)):
+        for name in dataset_names(args.get(field_name)):
             if name not in entries:
                 from ..validation import did_you_mean
 

@@ -22,7 +22,7 @@ from pydantic import (
 
 from ..files import read_yaml
 from ..paths import REPO_ROOT
-from ..validation import FieldProblem, did_you_mean
+from ..validation import FieldProblem, comma_list, did_you_mean
 from .arguments import argument_types, field_type
 
 GPUS_FILE = REPO_ROOT / "launch" / "gpus.yaml"
@@ -91,15 +91,6 @@ LAUNCHER_SET = ("deepspeed", "output_dir", "dataset_dir", "resume_from_checkpoin
 STAGES = ("sft",)
 
 
-def names(value: Any) -> list[str]:
-    """The names in a `dataset`/`eval_dataset`/`adapter_name_or_path` value, split as LLaMA-Factory splits them."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [n.strip() for n in value.split(",")]
-    return [str(n).strip() for n in value]
-
-
 class RecipeRules(BaseModel):
     """Cross-field rules of a recipe; the fields themselves are LLaMA-Factory's (see recipe_model)."""
 
@@ -129,7 +120,7 @@ class RecipeRules(BaseModel):
         # llamafactory/hparams/data_args.py:153: "a, b," splits into ["a", "b", ""], and the empty name is
         # then "Undefined dataset  in dataset_info.json" (llamafactory/data/parser.py:126) at launch.
         for key in ("dataset", "eval_dataset"):
-            if any(not n for n in names(getattr(self, key))):
+            if any(not n for n in comma_list(getattr(self, key))):
                 raise FieldProblem(key, f"{getattr(self, key)!r} has an empty dataset name (a stray comma?)")
         return self
 

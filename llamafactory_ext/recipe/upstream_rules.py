@@ -31,7 +31,7 @@ from typing import Any
 from unittest import mock
 
 from ..errors import LfxError
-from .schema import names
+from ..validation import comma_list
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def _ranking_fits_stage(args: dict[str, Any], entries: dict[str, dict[str, Any]]
     stage = str(args.get("stage", "sft"))
     wants_ranking = _data_stage(stage) == "rm"
     for key in ("dataset", "eval_dataset"):
-        for name in names(args.get(key)):
+        for name in comma_list(args.get(key)):
             ranking = bool(entries.get(name, {}).get("ranking", False))
             if ranking != wants_ranking:
                 what = "a ranking dataset (chosen/rejected pairs)" if ranking else "not a ranking dataset"
@@ -62,7 +62,7 @@ def _ranking_fits_stage(args: dict[str, Any], entries: dict[str, dict[str, Any]]
 
 
 def _one_adapter_under_zero3(args: dict[str, Any], entries: dict[str, dict[str, Any]], zero_stage: int) -> tuple[str, str] | None:
-    adapters = [a for a in names(args.get("adapter_name_or_path")) if a]
+    adapters = [a for a in comma_list(args.get("adapter_name_or_path")) if a]
     if len(adapters) > 1 and zero_stage == 3:
         return "adapter_name_or_path", "cannot use multiple adapters in DeepSpeed ZeRO-3: merge the earlier ones into the base first (lfx merge)"
     return None

@@ -13,8 +13,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import LfxError
-from ..files import atomic_write_text, dump_json
-from ..paths import REPO_ROOT
+from ..files import atomic_write_text, clean_leftovers, dump_json, mark_written, refuse_foreign, refuse_overwrite, replace_folder
 from ..persona.registration import register_datasets
 from ..recipe import Recipe, load_recipe
 from ..record import RUN_FILE
@@ -22,7 +21,8 @@ from . import identity
 
 SCRIPTS = ("train_sft.sh", "merge_upload.sh")
 MIN_FREE_DISK_GB = 20  # checkpoints of a 8B LoRA run and the merged model, with room to spare
-SOURCE_DIRS = ("llamafactory_ext", "templates", "datasets", "deepspeed_configs", "launch", "tests")
+TEXT_FILES = ("train.yaml", "recipe.yaml", "ds_config.json")
+COMMAND = "lfx render"  # what the run folder's marker names: a re-render replaces only files a render wrote
 
 
 def _environment():
@@ -67,13 +67,16 @@ def _template_files(recipe: Recipe) -> dict[str, str]:
 
 def render(recipe_path: str | Path, out_dir: str | Path, preset: str | None = None, launch: dict | None = None,
            overrides: list[str] | tuple[str, ...] = (), say=lambda _line: None) -> list[Path]:  # fmt: skip
-    """Render `recipe_path` into `out_dir`; returns the files written."""
+    """Render `recipe_path` into `out_dir`; returns the files written.
+
+    Everything is built aside first (the data snapshot, the identity, the scripts), then checked: no file goes
+    into a folder lfx reads or over the recipe, and a file render did not write (files.MARKER) is never replaced
+    or removed; only then is the run folder written."""
     out = Path(out_dir).resolve()
-    for name in SOURCE_DIRS:
-        if out == (REPO_ROOT / name).resolve() or (REPO_ROOT / name).resolve() in out.parents:
-            raise LfxError(f"{out_dir}: generated files never go next to sources (use runs/...)")
     if out.exists() and not out.is_dir():
         raise LfxError(f"{out_dir}: exists and is not a folder")
+    for target in (out / "templates", out / "data", *(out / name for name in (*TEXT_FILES, RUN_FILE, *SCRIPTS))):
+        refuse_overwrite(target, [recipe_path], "run folder")
     recipe = load_recipe(recipe_path, preset, launch, overrides)
     env = _environment()
     train_yaml = _train_yaml(recipe)
@@ -83,23 +86,37 @@ def render(recipe_path: str | Path, out_dir: str | Path, preset: str | None = No
         "ds_config.json": recipe.deepspeed_config.read_text(encoding="utf-8"),
         **_template_files(recipe),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    _snapshot(out, recipe.datasets)
-    for stale in (out / "templates").glob("*") if (out / "templates").is_dir() else []:
-        if f"templates/{stale.name}" not in files:  # an earlier render's template is not this run's
+    clean_leftovers(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        register_datasets(stage / "data", recipe.datasets, force=True, keep_lfx=True)
+        for name, text in files.items():
+            _write(stage / name, text)
+        shape = f"{recipe.launch['nodes']}x{recipe.launch['gpus']}"
+        rid = identity.run_id(recipe.name, identity.compute(stage, shape))
+        context = {"recipe_path": recipe.path.name, "run_id": rid}
+        # What a start decides from, readable with a pod's bare python (run/launch_plan.py).
+        files[RUN_FILE] = dump_json({"name": recipe.name, "run_id": rid, "processes": shape, "launch": recipe.launch,
+                                     "stage": recipe.args.get("stage", "sft"),
+                                     "finetuning_type": recipe.args.get("finetuning_type", "lora"),
+                                     "min_free_disk_gb": MIN_FREE_DISK_GB})  # fmt: skip
+        files.update({name: env.get_template(f"{name}.j2").render(**context) for name in SCRIPTS})
+        data_changed = _tree(stage / "data") != _tree(out / "data")
+        _refuse_replacing_the_users(out, files, data_changed)
+        out.mkdir(parents=True, exist_ok=True)
+        if data_changed:
+            replace_folder(stage / "data", out / "data")
+        for stale in _stale_templates(out, files):
             stale.unlink()
-    written = [_write(out / name, text) for name, text in files.items()]
-    shape = f"{recipe.launch['nodes']}x{recipe.launch['gpus']}"
-    rid = identity.run_id(recipe.name, identity.compute(out, shape))
-    # What a start decides from, readable with a pod's bare python (run/launch_plan.py).
-    run_file = {"name": recipe.name, "run_id": rid, "processes": shape, "launch": recipe.launch,
-                "stage": recipe.args.get("stage", "sft"), "finetuning_type": recipe.args.get("finetuning_type", "lora"),
-                "min_free_disk_gb": MIN_FREE_DISK_GB}  # fmt: skip
-    written.append(_write(out / RUN_FILE, dump_json(run_file)))
-    context = {"recipe_path": recipe.path.name, "run_id": rid}
+        written = [_write(out / name, text) for name, text in files.items()]
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     for name in SCRIPTS:
-        written.append(_write(out / name, env.get_template(f"{name}.j2").render(**context)))
         (out / name).chmod(0o755)
+    ours = [*files, *(p.relative_to(out).as_posix() for p in sorted((out / "data").rglob("*")) if p.is_file())]
+    mark_written(out, COMMAND, ours)
     for line in recipe.warnings:
         say(f"warning: {line}")
     owner = identity.owner(out / "output")
@@ -109,22 +126,29 @@ def render(recipe_path: str | Path, out_dir: str | Path, preset: str | None = No
     return written
 
 
-def _snapshot(out: Path, datasets: list[str]) -> None:
-    """data/: the datasets the run trains on, exactly (an earlier render's other datasets do not linger), which
-    training and `lfx check` read back (our `lfx` keys kept). Built aside, then swapped in."""
-    tmp = out / f".data.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        register_datasets(tmp, datasets, force=True, keep_lfx=True)
-        if (out / "data").exists():
-            old = out / f".data.old-{os.getpid()}"
-            os.replace(out / "data", old)
-            os.replace(tmp, out / "data")
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out / "data")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()} if folder.is_dir() else {}
+
+
+def _stale_templates(out: Path, files: dict[str, str]) -> list[Path]:
+    """Template files an earlier render left that this run does not use."""
+    folder = out / "templates"
+    return [p for p in sorted(folder.iterdir()) if f"templates/{p.name}" not in files] if folder.is_dir() else []
+
+
+def _refuse_replacing_the_users(out: Path, files: dict[str, str], data_changed: bool) -> None:
+    """Every file this render would replace or remove must be one an earlier render wrote (its marker)."""
+    changed = [name for name, text in files.items() if (out / name).exists() and _differs(out / name, text)]
+    stale = [p.relative_to(out).as_posix() for p in _stale_templates(out, files)]
+    data = sorted(f"data/{name}" for name in _tree(out / "data")) if data_changed else []
+    for name in changed + stale:
+        if (out / name).is_dir():
+            raise LfxError(f"{out / name}: a folder where the run folder's file goes; move it, or render into another folder")
+    refuse_foreign(out, COMMAND, changed + stale + data)
+
+
+def _differs(path: Path, text: str) -> bool:
+    return path.is_dir() or path.read_bytes() != text.encode("utf-8")
 
 
 def _write(path: Path, text: str) -> Path:

@@ -11,9 +11,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import check_replaceable, refuse_overwrite, staged_folder
 from ..paths import datasets_dir
 
 _HERE = Path(__file__).parent
+COMMAND = "lfx tiny-model"  # what its folder's marker names: --force replaces only a folder it wrote
 
 
 @dataclass(frozen=True)
@@ -109,13 +111,16 @@ def build_tokenizer(family: str, vocab_size: int = 3000):
     )
 
 
-def build_tiny_model(family: str, out_dir: str | Path, seed: int = 0) -> Path:
-    """Write a tiny random-weight model of `family` ("llama3" or "qwen2") to `out_dir`."""
+def build_tiny_model(family: str, out_dir: str | Path, seed: int = 0, force: bool = False) -> Path:
+    """Write a tiny random-weight model of `family` ("llama3" or "qwen2") to `out_dir` (an existing folder only
+    with `force`, and only one this command wrote)."""
     import torch
     import transformers
 
     spec = FAMILIES[family]
     out = Path(out_dir)
+    refuse_overwrite(out, [], "model")
+    check_replaceable(out, COMMAND, force)
     tokenizer = build_tokenizer(family)
     config = getattr(transformers, spec.config_class)(
         vocab_size=len(tokenizer),
@@ -131,9 +136,9 @@ def build_tiny_model(family: str, out_dir: str | Path, seed: int = 0) -> Path:
     )
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    with staged_folder(out, COMMAND, force) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return out
 
 
@@ -151,6 +156,8 @@ def build_tiny_model_on_tokenizer(family: str, tokenizer_dir: str | Path, out_di
 
     spec = FAMILIES[family]
     src, out = Path(tokenizer_dir), Path(out_dir)
+    refuse_overwrite(out, [src], "model")
+    check_replaceable(out, COMMAND, False)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(src))
     end_of_text = tokenizer.convert_tokens_to_ids("<|end_of_text|>" if family == "llama3" else "<|endoftext|>")
     config = getattr(transformers, spec.config_class)(
@@ -167,12 +174,12 @@ def build_tiny_model_on_tokenizer(family: str, tokenizer_dir: str | Path, out_di
     )
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    # Meta's Llama-3 repos keep the tiktoken `tokenizer.model` under original/, not beside the weights
-    # (converters would take it for a sentencepiece model).
-    skip = {"config.json", "tokenizer.model"} if family == "llama3" else {"config.json"}
-    for item in src.iterdir():
-        if item.is_file() and item.suffix in (".json", ".txt", ".model", ".jinja") and item.name not in skip:
-            shutil.copyfile(item, out / item.name)
+    with staged_folder(out, COMMAND) as tmp:
+        model.save_pretrained(tmp)
+        # Meta's Llama-3 repos keep the tiktoken `tokenizer.model` under original/, not beside the weights
+        # (converters would take it for a sentencepiece model).
+        skip = {"config.json", "tokenizer.model"} if family == "llama3" else {"config.json"}
+        for item in src.iterdir():
+            if item.is_file() and item.suffix in (".json", ".txt", ".model", ".jinja") and item.name not in skip:
+                shutil.copyfile(item, tmp / item.name)
     return out
