@@ -65,11 +65,12 @@ LEGACY_HEX = ("a 40-hex API key (W&B before SDK 0.22.3, SwanLab)", re.compile(r"
 REVISION_KEY = re.compile(r"revision|commit|sha", re.I)
 REDACTED = "<redacted>"
 
-# A value in text under a credential-named key: `KEY=value`, `KEY: value`, `"KEY": "value"`; looked for around
+# A value in text under a credential-named key: `KEY=value`, `KEY: value`, `"KEY": "value"` (quotes escaped
+# too: JSON inside a JSON string); looked for around
 # the words credential names hold (ours and detect-secrets' keyword plugin's), found in ASCII-lowered text.
-KEY_HINT = re.compile(r"(?:key|pass|pwd|secret|contrase|token|credential)\w*[\"'\]]{0,2}\s*[:=]")
+KEY_HINT = re.compile(r"(?:key|pass|pwd|secret|contrase|token|credential)\w*[\\\"'\]]{0,3}\s*[:=]")
 ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-ASSIGNMENT = re.compile(r"(?P<key>[A-Za-z_][\w.\-]*)[\"']?\s*[:=]\s*[\"']?(?P<value>[^\s\"',;`)\]}]+)")
+ASSIGNMENT = re.compile(r"(?P<key>[A-Za-z_][\w.\-]*)\\?[\"']?\s*[:=]\s*\\?[\"']?(?P<value>[^\s\"',;`)\]}\\]+)")
 # A long random token: letters and digits (and base64's + = - _), at least this long, above detect-secrets'
 # own entropy limit for base64 strings; hex alone is a checksum or a commit (see LEGACY_HEX).
 TOKEN_MIN = 24
@@ -149,14 +150,14 @@ def _pieces(text: str, size: int = 1 << 16, overlap: int = 1024) -> Iterator[str
     """`text` in overlapping pieces: a credential (far shorter than `overlap`) lies whole in one of them, and no
     pattern runs over a megabyte-long line (a vocabulary saved on one line)."""
     for start in range(0, max(len(text), 1), size):
-        yield text[start:start + size + overlap]
+        yield text[start : start + size + overlap]
 
 
 def _around(text: str, at: int, width: int = 400) -> str:
     """The line around position `at`, at most `width` characters either side."""
     start = max(text.rfind("\n", 0, at) + 1, at - width)
     end = text.find("\n", at)
-    return text[start:min(end if end >= 0 else len(text), at + width)]
+    return text[start : min(end if end >= 0 else len(text), at + width)]
 
 
 def by_nature(text: str, random_tokens: bool = True) -> str | None:
