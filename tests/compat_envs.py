@@ -256,24 +256,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def http_json(url: str, payload: dict | None = None, timeout: float = 60) -> dict:
-    """GET (payload None) or POST JSON; the decoded JSON answer."""
+def http_json(url: str, payload: dict | None = None, timeout: float = 60, key: str | None = None) -> dict:
+    """GET (payload None) or POST JSON, with the server's API key when it has one; the decoded JSON answer."""
     data = None if payload is None else json.dumps(payload).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    request = urllib.request.Request(url, data=data, headers=headers)
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read() or b"null")
 
 
 @contextmanager
-def lfx_serve(target: Path, python: Path, log: Path, *args: str, wait: float = 600):
-    """`lfx serve TARGET` as a user runs it, in the background; yields its OpenAI base URL once it says it is
-    serving. Bounded: fails after `wait` seconds (lfx serve's own --wait) plus a margin; always stops it."""
+def lfx_serve(target: Path, python: Path, log: Path, *args: str, wait: float = 600, env: dict | None = None):
+    """`lfx serve TARGET` as a user runs it, in the background (with `env` added to its environment: VLLM_API_KEY);
+    yields its OpenAI base URL once it says it is serving. Bounded: fails after `wait` seconds (lfx serve's own
+    --wait) plus a margin; always stops it."""
     port = free_port()
     cmd = [sys.executable, "-m", "llamafactory_ext", "serve", str(target), "--python", str(python),
            "--port", str(port), "--wait", str(wait), *args]  # fmt: skip
     with open(log, "w", encoding="utf-8") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1",
-                                "VLLM_CPU_KVCACHE_SPACE": "1"},  # tiny models; the machine is shared
+                                "VLLM_CPU_KVCACHE_SPACE": "1", **(env or {})},  # tiny models; the machine is shared
                                 start_new_session=True)  # its own process group: vLLM's processes go with it
     try:
         deadline = time.monotonic() + wait + 60
