@@ -196,6 +196,15 @@ def _safetensors_metadata(path: Path, note: str) -> None:
     save_file(tensors, str(path), metadata={"format": "pt", "note": note})
 
 
+def _torch_checkpoint(path: Path, note: str, cut: int = 0) -> None:
+    """A PyTorch checkpoint (torch.save's zip) beside the safetensors weights, holding `note`, cut short by `cut` bytes."""
+    import torch
+
+    torch.save({"lm_head.weight": torch.zeros(2, 2), "note": note}, path)
+    if cut:
+        path.write_bytes(path.read_bytes()[:-cut])
+
+
 def _write(relative: str, text: str):
     def change(model: Path) -> None:
         (model / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -223,6 +232,9 @@ UPLOAD_REFUSED = {
                                "holds '/workspace', a path of this machine"),
     "user_name_as_a_folder": (_write("notes.txt", f"copied from C:\\Users\\{_user()}\\Documents\\tony\n"),
                               f"a folder named after the user '{_user()}'"),
+    "secret_in_a_pytorch_checkpoint": (lambda m: _torch_checkpoint(m / "pytorch_model.bin", f"token {FAKE_TOKEN}"), "a Hugging Face token"),
+    "pytorch_checkpoint_cut_short": (lambda m: _torch_checkpoint(m / "pytorch_model.bin", "x", cut=200),
+                                     "pytorch_model.bin: cut short or damaged"),
     "zero_byte_weights": (lambda m: (m / "model.safetensors").write_bytes(b""), "model.safetensors: zero bytes: not a model's weights"),
     "weights_cut_short": (lambda m: (m / "model.safetensors").write_bytes((m / "model.safetensors").read_bytes()[:-100]),
                           "model.safetensors: cut short or damaged"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import mmap
 import os
 import re
 import struct
@@ -44,6 +45,7 @@ WEIGHTS = (".safetensors", ".bin")
 # Vocabularies: pieces that may look like a folder ("/root"); the path check skips their pieces.
 VOCABULARIES = ("vocab.json", "merges.txt", "vocab.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
 STRINGS = re.compile(rb"[\x20-\x7e]{6,}")  # the printable runs of a binary file
+TEXT_MAX = 256 << 20  # larger files are read as binary, through mmap (a GGUF, a legacy checkpoint)
 
 
 @dataclass(frozen=True)
@@ -138,29 +140,36 @@ def local_paths(*folders: Path) -> list[tuple[str, re.Pattern]]:
 def readable_text(item: Item) -> tuple[str, bool]:
     """The text `item` holds, and whether it is running text (a binary file's strings run into each other,
     so no long random token is looked for there). Weights are checked whole and not empty first."""
-    name = item.path_in_repo
-    if item.source is not None and name.endswith(WEIGHTS) and item.size == 0:
-        raise LfxError(f"{item.source}: zero bytes: not a model's weights; nothing was uploaded")
-    if item.source is not None and name.endswith(".safetensors"):
+    name, path = item.path_in_repo, item.source
+    if path is not None and name.endswith(WEIGHTS) and item.size == 0:
+        raise LfxError(f"{path}: zero bytes: not a model's weights; nothing was uploaded")
+    if path is not None and name.endswith(".safetensors"):
         from ..artifact.shards import problem
 
-        why = problem(item.source)
+        why = problem(path)
         if why:
-            raise LfxError(f"{item.source}: {why}; nothing was uploaded")
-        with open(item.source, "rb") as f:  # the header: JSON (names, shapes, metadata); the rest is numbers
+            raise LfxError(f"{path}: {why}; nothing was uploaded")
+        with open(path, "rb") as f:  # the header: JSON (names, shapes, metadata); the rest is numbers
             return f.read(struct.unpack("<Q", f.read(8))[0]).decode("utf-8", errors="replace"), True
-    if item.source is not None and name.endswith(".bin"):
-        try:  # torch.save's zip: the pickle holds the text; the tensors are numbers
-            with zipfile.ZipFile(item.source) as archive:
-                pickles = [archive.read(n) for n in archive.namelist() if n.endswith(".pkl")]
-        except zipfile.BadZipFile:
-            raise LfxError(f"{item.source}: damaged (not the zip archive torch.save writes); nothing was uploaded") from None
-        return "\n".join(m.decode("ascii") for p in pickles for m in STRINGS.findall(p)), False
+    if path is not None and name.endswith(".bin") and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:  # torch.save's zip: the pickle holds the text; the tensors are numbers
+            return "\n".join(m.decode("ascii") for n in archive.namelist() if n.endswith(".pkl")
+                             for m in STRINGS.findall(archive.read(n))), False  # fmt: skip
+    if path is not None and name.endswith(".bin") and _starts_with(path, b"PK"):
+        raise LfxError(f"{path}: cut short or damaged (a zip archive, as torch.save writes, without its end); nothing was uploaded")
+    if path is not None and item.size > TEXT_MAX:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return "\n".join(m.decode("ascii") for m in STRINGS.findall(data)), False
     data = item.data()
     try:
         return data.decode("utf-8"), True
     except UnicodeDecodeError:
         return "\n".join(m.decode("ascii") for m in STRINGS.findall(data)), False
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(magic)) == magic
 
 
 def _without_vocabulary(name: str, text: str) -> str:
