@@ -135,12 +135,16 @@ class HubStandin:
                 repo = standin.repos[match.group(1)]
                 if match.group(2) == "preupload":
                     return self._reply(200, {"files": [self._mode(repo, f) for f in json.loads(body)["files"]]})
-                return self._commit(match.group(1), repo, [json.loads(line) for line in body.decode().splitlines() if line.strip()])
+                return self._commit(
+                    match.group(1), repo, [json.loads(line) for line in body.decode().splitlines() if line.strip()]
+                )
 
             def _mode(self, repo: dict, file: dict) -> dict:
                 """The Hub's answer for one file: LFS or regular, and the id of what it holds there now."""
                 path, sample = file["path"], base64.b64decode(file.get("sample") or "")
-                lfs = lfs_tracked(repo["files"].get(".gitattributes", b""), path) or b"\0" in sample or file["size"] >= REGULAR_MAX
+                lfs = (
+                    lfs_tracked(repo["files"].get(".gitattributes", b""), path) or b"\0" in sample or file["size"] >= REGULAR_MAX
+                )
                 stored = repo["files"].get(path)
                 if stored is None:
                     oid = None

@@ -23,7 +23,9 @@ def _fetched_folder(tmp_path):
     (out / "config.json").write_text(json.dumps({"model_type": "llama"}), encoding="utf-8")
     (out / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
     files = manifest(out)
-    (out / FETCH_RECORD).write_text(json.dumps({"name": "smollm2", "source": MODELS["smollm2"], "files": files}), encoding="utf-8")
+    (out / FETCH_RECORD).write_text(
+        json.dumps({"name": "smollm2", "source": MODELS["smollm2"], "files": files}), encoding="utf-8"
+    )
     return out
 
 

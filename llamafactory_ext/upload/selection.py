@@ -156,7 +156,9 @@ def readable_text(item: Item) -> tuple[str, bool]:
             return "\n".join(m.decode("ascii") for n in archive.namelist() if n.endswith(".pkl")
                              for m in STRINGS.findall(archive.read(n))), False  # fmt: skip
     if path is not None and name.endswith(".bin") and _starts_with(path, b"PK"):
-        raise LfxError(f"{path}: cut short or damaged (a zip archive, as torch.save writes, without its end); nothing was uploaded")
+        raise LfxError(
+            f"{path}: cut short or damaged (a zip archive, as torch.save writes, without its end); nothing was uploaded"
+        )
     if path is not None and item.size > TEXT_MAX:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
             return "\n".join(m.decode("ascii") for m in STRINGS.findall(data)), False
