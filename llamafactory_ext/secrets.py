@@ -66,8 +66,8 @@ REVISION_KEY = re.compile(r"revision|commit|sha", re.I)
 REDACTED = "<redacted>"
 
 # A value in text under a credential-named key: `KEY=value`, `KEY: value`, `"KEY": "value"` (quotes escaped
-# too: JSON inside a JSON string); looked for around
-# the words credential names hold (ours and detect-secrets' keyword plugin's), found in ASCII-lowered text.
+# too: JSON inside a JSON string); looked for around the words credential names hold (ours and detect-secrets'
+# keyword plugin's), found in ASCII-lowered text.
 KEY_HINT = re.compile(r"(?:key|pass|pwd|secret|contrase|token|credential)\w*[\\\"'\]]{0,3}\s*[:=]")
 ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 ASSIGNMENT = re.compile(r"(?P<key>[A-Za-z_][\w.\-]*)\\?[\"']?\s*[:=]\s*\\?[\"']?(?P<value>[^\s\"',;`)\]}\\]+)")
