@@ -69,6 +69,18 @@ def say_err(line: str) -> None:
     click.echo(line, err=True)
 
 
+def no_key_option(variable: str):
+    """A hidden --api-key that refuses, in one line, a key given on the command line (every process list of the
+    machine shows arguments): the key comes from `variable` in the environment."""
+
+    def refuse(ctx, param, value):
+        if value is not None:
+            raise LfxError(f"--api-key: a key on the command line shows in every process list; set {variable} in the "
+                           "environment instead")  # fmt: skip
+
+    return click.option("--api-key", hidden=True, expose_value=False, callback=refuse)
+
+
 @click.group(cls=LfxGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="llamafactory-ext")
 def main():
@@ -302,7 +314,9 @@ def upload(folder, repo_id, private, adapter_only, dry_run):
 
 @main.command()
 @click.argument("model_path", metavar="MODEL_OR_ADAPTER", required=False)
-@click.option("--url", default=None, help="Talk to a served persona instead: http://HOST:PORT/v1 (lfx serve).")
+@click.option("--url", default=None, help="Talk to a served persona instead: http://HOST:PORT/v1 (lfx serve); "
+              "a server started with a key gets it from OPENAI_API_KEY.")
+@no_key_option("OPENAI_API_KEY")
 @click.option("--model", "served", default=None, help="With --url: the served model name (default: the persona the server lists).")
 @click.option("-m", "--message", "messages", multiple=True, help="Say this and exit (repeatable) instead of an interactive chat.")
 @click.option("--system", default=None, help="System prompt instead of the one in the chat template.")
@@ -346,7 +360,9 @@ def compare(before, after, prompts_file, out_file, force, max_new_tokens):
 @click.option("--base", default=None, help="Base model folder or Hub id (default: the run's model_name_or_path).")
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), default=None,
               help="Prompts instead of the run's held-out split: text (one per line), JSON list or JSON Lines records.")
-@click.option("--url", default=None, help="OpenAI-compatible endpoint serving the tuned model (e.g. http://127.0.0.1:8000).")
+@click.option("--url", default=None, help="OpenAI-compatible endpoint serving the tuned model (e.g. http://127.0.0.1:8000); "
+              "a server started with a key gets it from OPENAI_API_KEY.")
+@no_key_option("OPENAI_API_KEY")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for eval.json, eval.md, eval.png (default: the evaluated model folder).")
 @click.option("--json", "as_json", is_flag=True, help="Print eval.json instead of the summary table.")
@@ -374,10 +390,14 @@ def eval_command(model_path, base, prompts_file, url, out_dir, as_json, max_new_
 @click.option("--max-model-len", type=click.IntRange(min=16), default=None, help="Default: what fits the model and this machine.")
 @click.option("--wait", type=click.FloatRange(min=1), default=900, show_default=True, help="Seconds to wait for the server to be ready.")
 @click.option("--dry-run", is_flag=True, help="Print the vLLM command and exit.")
+@no_key_option("VLLM_API_KEY")
 @click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED)
 def serve(target, port, host, name, base, python, max_model_len, wait, dry_run, vllm_args):
     """Serve a merged persona model or an adapter (over its base) with vLLM's OpenAI-compatible server.
-    Arguments after -- go to vLLM (an --api-key is passed to it through VLLM_API_KEY, never shown)."""
+
+    Arguments after -- go to vLLM, read first by vLLM's own parser: what lfx sets itself is given once, to
+    lfx. To require an API key, set VLLM_API_KEY in the environment (never an argument: process lists show
+    those); clients (lfx chat --url, lfx eval --url) send it from OPENAI_API_KEY."""
     from . import serve as serving
 
     plan = serving.server_plan(target, python=python, host=host, port=port, name=name, base=base,

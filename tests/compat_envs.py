@@ -10,7 +10,9 @@
 
 They live in `$LFX_TEST_ENVS` (default `~/.cache/llamafactory-ext/test-envs/`, outside the clone). Each build runs under a file
 lock, in a temporary folder renamed at the end, and leaves a stamp file naming what it installed:
-a second call (or a second pytest process) reuses it. A failed build raises `EnvBuildError` with
+a second call (or a second pytest process) reuses it, after checking it still holds that (a venv's python
+runs and reports the pinned version from its package metadata; the converter's files have the sizes and
+sha256 written with them), and builds it again otherwise. A failed build raises `EnvBuildError` with
 the command's last output lines, so the test that needed it fails with the reason.
 """
 
@@ -29,6 +31,8 @@ import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
+
+from llamafactory_ext.pypi import changed, manifest
 
 REPO = Path(__file__).resolve().parent.parent
 # The newest 4.x, and the oldest LLaMA-Factory 0.9.5 accepts (seed 004 pins 4.55.2). jinja2 for
@@ -94,8 +98,9 @@ def _run(cmd: list[str], log: Path, **kwargs) -> None:
         raise EnvBuildError(f"{' '.join(cmd)} failed (exit {proc.returncode}, log: {log}):\n" + "\n".join(tail))
 
 
-def _build(name: str, what: str, steps) -> Path:
-    """Run `steps(tmp, log)` into a fresh folder once; the stamp records `what` so a changed pin rebuilds."""
+def _build(name: str, what: str, steps, check) -> Path:
+    """Run `steps(tmp, log)` into a fresh folder once; the stamp records `what` so a changed pin rebuilds, and
+    what `steps` returns. Reused only when `check(folder, stamp)` finds nothing wrong with it."""
     root = envs_dir()
     folder = root / name
     stamp = folder / ".lfx-built.json"
@@ -105,7 +110,13 @@ def _build(name: str, what: str, steps) -> Path:
     what = f"{what} | {_base_python()} {sys.version.split()[0]}"
 
     def ready() -> bool:
-        return stamp.is_file() and json.loads(stamp.read_text()).get("what") == what
+        built = json.loads(stamp.read_text()) if stamp.is_file() else {}
+        if built.get("what") != what:
+            return False
+        why = check(folder, built)
+        if why:
+            print(f"{folder}: {why}: building it again", file=sys.stderr)
+        return why is None
 
     if ready():
         return folder
@@ -118,8 +129,8 @@ def _build(name: str, what: str, steps) -> Path:
         log = root / f"{name}.build.log"
         log.write_text("", encoding="utf-8")
         start = time.monotonic()
-        steps(tmp, log)
-        (tmp / ".lfx-built.json").write_text(json.dumps({"what": what, "seconds": round(time.monotonic() - start)}))
+        made = steps(tmp, log) or {}
+        (tmp / ".lfx-built.json").write_text(json.dumps({"what": what, "seconds": round(time.monotonic() - start), **made}))
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
     return folder
@@ -128,6 +139,22 @@ def _build(name: str, what: str, steps) -> Path:
 def _base_python() -> str:
     """The interpreter this project's venv was made from (a venv of a venv would share nothing anyway)."""
     return getattr(sys, "_base_executable", None) or sys.executable
+
+
+def _installed(distribution: str, version: str):
+    """A check that a venv's python runs and its metadata holds `distribution` at `version` (nothing imported)."""
+
+    def check(folder: Path, _stamp: dict) -> str | None:
+        python = folder / "bin" / "python"
+        code = f"import importlib.metadata as m; print(m.version({distribution!r}))"
+        try:
+            proc = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            return f"{python} does not run ({type(err).__name__})"
+        found = proc.stdout.strip() if proc.returncode == 0 else "not installed"
+        return None if found == version else f"{distribution} is {found}, not {version}"
+
+    return check
 
 
 def _venv(tmp: Path, log: Path) -> Path:
@@ -146,7 +173,7 @@ def transformers_python(version: str = TRANSFORMERS4) -> Path:
         _run([str(python), "-m", "pip", "install", "--quiet", *packages], log)
 
     name = "transformers4" if version == TRANSFORMERS4 else f"transformers-{version}"
-    return _build(name, " ".join(packages), steps) / "bin" / "python"
+    return _build(name, " ".join(packages), steps, _installed("transformers", version)) / "bin" / "python"
 
 
 def transformers4_python() -> Path:
@@ -168,7 +195,7 @@ def vllm_python() -> Path:
         _run([str(python), "-m", "pip", "uninstall", "-y", "torchvision", "torchaudio", "torchcodec"], log)
         _run([str(python), "-c", "import vllm.entrypoints.openai.api_server"], log)
 
-    return _build("vllm", VLLM, steps) / "bin" / "python"
+    return _build("vllm", VLLM, steps, _installed(*VLLM.split("=="))) / "bin" / "python"
 
 
 def llamacpp_converter() -> Path:
@@ -196,8 +223,9 @@ def llamacpp_converter() -> Path:
         shutil.rmtree(download)
         if not (tmp / "convert_hf_to_gguf.py").is_file() or not (tmp / "gguf-py" / "gguf").is_dir():
             raise EnvBuildError(f"{archives[0].name}: no vendor/llama.cpp/convert_hf_to_gguf.py or gguf-py inside")
+        return {"files": manifest(tmp)}
 
-    return _build("llama.cpp", LLAMA_CPP_SDIST, steps)
+    return _build("llama.cpp", LLAMA_CPP_SDIST, steps, lambda folder, stamp: changed(folder, stamp.get("files")))
 
 
 def llamacpp_python() -> Path:
@@ -215,7 +243,8 @@ def llamacpp_python() -> Path:
              log, env=env)  # fmt: skip
         _run([str(python), "-c", "import llama_cpp, llama_cpp.server.app; print(llama_cpp.__version__)"], log)
 
-    return _build("llama-cpp-python", f"{LLAMA_CPP_RUNTIME} {LLAMA_CPP_CMAKE_ARGS}", steps) / "bin" / "python"
+    check = _installed("llama_cpp_python", LLAMA_CPP_RUNTIME.split("==")[1])
+    return _build("llama-cpp-python", f"{LLAMA_CPP_RUNTIME} {LLAMA_CPP_CMAKE_ARGS}", steps, check) / "bin" / "python"
 
 
 # --- a vLLM server for tests (here and in other test modules) -------------------------------------
@@ -227,24 +256,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def http_json(url: str, payload: dict | None = None, timeout: float = 60) -> dict:
-    """GET (payload None) or POST JSON; the decoded JSON answer."""
+def http_json(url: str, payload: dict | None = None, timeout: float = 60, key: str | None = None) -> dict:
+    """GET (payload None) or POST JSON, with the server's API key when it has one; the decoded JSON answer."""
     data = None if payload is None else json.dumps(payload).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    request = urllib.request.Request(url, data=data, headers=headers)
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read() or b"null")
 
 
 @contextmanager
-def lfx_serve(target: Path, python: Path, log: Path, *args: str, wait: float = 600):
-    """`lfx serve TARGET` as a user runs it, in the background; yields its OpenAI base URL once it says it is
-    serving. Bounded: fails after `wait` seconds (lfx serve's own --wait) plus a margin; always stops it."""
+def lfx_serve(target: Path, python: Path, log: Path, *args: str, wait: float = 600, env: dict | None = None):
+    """`lfx serve TARGET` as a user runs it, in the background (with `env` added to its environment: VLLM_API_KEY);
+    yields its OpenAI base URL once it says it is serving. Bounded: fails after `wait` seconds (lfx serve's own
+    --wait) plus a margin; always stops it."""
     port = free_port()
     cmd = [sys.executable, "-m", "llamafactory_ext", "serve", str(target), "--python", str(python),
            "--port", str(port), "--wait", str(wait), *args]  # fmt: skip
     with open(log, "w", encoding="utf-8") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1",
-                                "VLLM_CPU_KVCACHE_SPACE": "1"},  # tiny models; the machine is shared
+                                "VLLM_CPU_KVCACHE_SPACE": "1", **(env or {})},  # tiny models; the machine is shared
                                 start_new_session=True)  # its own process group: vLLM's processes go with it
     try:
         deadline = time.monotonic() + wait + 60

@@ -17,11 +17,17 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 # Fake credentials in the shapes real ones have (split so secret scanners skip the source): a Hugging Face
-# user token is "hf_" and 34 letters, no digit (as the one the seed pasted); W&B and SwanLab keys are 40 hex.
+# user token is "hf_" and 34 letters, no digit (as the one the seed pasted); a W&B key is "wandb_v1_", 27
+# letters and digits, "_", 49 more (86 characters: W&B's keys since its SDK 0.22.3); the 40-hex logger key
+# is the older W&B shape, and SwanLab's.
 FAKE_TOKEN = "hf_" + "QbVzNtKpRwHsLmCxJdFgYuEaTiOeWrXsDn"
-FAKE_LOGGER_KEY = "7c4e" + "9a1f0b3d2e8c6a5f4b1d0e9c8a7b6f5e4d3c"
+FAKE_LOGGER_KEY = "wandb_v1_" + "Rk3Tq8ZsWn2Lx7CvBp4Hd9JfGm1" + "_" + "Ye6Ua5Ni0Oo3Qr8Ts2Vw7Xz4Cb1Ef9Gh6Jk3Lm5Np2Rs8Tu4V"
+FAKE_LEGACY_LOGGER_KEY = "7c4e" + "9a1f0b3d2e8c6a5f4b1d0e9c8a7b6f5e4d3c"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The Hub stand-in (tests/hub_standin.py) takes large and binary files by Git LFS, as the Hub does; huggingface_hub
+# would send them by Xet (hf_xet's own storage protocol) where hf_xet is installed, which the stand-in does not speak.
+os.environ["HF_HUB_DISABLE_XET"] = "1"
 # Runs keep their outputs in their run folder unless a test gives them a workspace volume (LFX_WORKSPACE), as
 # a pod's /workspace: never the /workspace of the machine the tests run on, should it have one.
 os.environ["LFX_WORKSPACE"] = "/nonexistent/lfx-test-workspace"

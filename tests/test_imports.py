@@ -15,7 +15,8 @@ LAYERS = [
     {"errors", "paths", "files", "secrets", "hub", "validation", "pypi", "models", "record", "pod"},
     {"persona", "recipe", "tiny"},  # what a run is made of: templates, datasets, recipes
     {"preflight", "inference", "artifact"},  # checks, generation, model files
-    {"evaluation", "export", "upload", "run", "serve", "fetch", "train"},  # the commands' own work
+    # the commands' own work (vllm_args: run by vLLM's python for serve, imports nothing of ours)
+    {"evaluation", "export", "upload", "run", "serve", "vllm_args", "fetch", "train"},
     {"cli", "__main__", "__init__"},
 ]
 

@@ -6,7 +6,9 @@ installs its own `gguf` module over ours. The llama-cpp-python source distributi
 so `pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36` gives a pinned converter; only
 `convert_hf_to_gguf.py`, `conversion/` and `gguf-py/` are kept (about 4 MB), under
 `$LFX_CACHE_DIR` (default `$XDG_CACHE_HOME/llamafactory-ext` or `~/.cache/llamafactory-ext`). The
-converter runs with `PYTHONPATH=gguf-py:.` in its own process, so its `gguf` never mixes with ours.
+converter runs with `PYTHONPATH=gguf-py:.` in its own process, so its `gguf` never mixes with ours. The
+archive is checked against its pinned sha256, and the cached files against the sizes and sha256 written
+with them before every use: a cache damaged since is fetched again.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from typing import Any
 
 from ..errors import LfxError
 from ..files import atomic_write_text, dump_json, read_json
-from ..pypi import download
+from ..pypi import changed, download, manifest
 
 PACKAGE = "llama-cpp-python"
 VERSION = "0.3.36"
+SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"  # llama_cpp_python-0.3.36.tar.gz (PyPI)
 VENDORED = "vendor/llama.cpp/"
 KEEP_FILES = ("convert_hf_to_gguf.py", "LICENSE")
 KEEP_FOLDERS = ("conversion/", "gguf-py/")
@@ -47,9 +50,12 @@ def pin() -> str:
     return f"{PACKAGE}=={VERSION}"
 
 
-def _ready(folder: Path) -> bool:
+def _unusable(folder: Path) -> str | None:
+    """Why the cache `folder` is not the pinned converter with every file as it was written (None: it is)."""
     stamp = folder / STAMP
-    return stamp.is_file() and read_json(stamp).get("pin") == pin()
+    if not stamp.is_file() or read_json(stamp).get("pin") != pin():
+        return "not fetched"
+    return changed(folder, read_json(stamp).get("files"))
 
 
 def _extract(archive_path: Path, into: Path) -> None:
@@ -73,7 +79,7 @@ def converter_dir() -> Path:
     """The folder holding convert_hf_to_gguf.py, conversion/ and gguf-py/; fetched on first use."""
     root = cache_dir()
     folder = root / f"llama.cpp-converter-{VERSION}"
-    if _ready(folder):
+    if _unusable(folder) is None:
         return folder
     root.mkdir(parents=True, exist_ok=True)
     with open(root / f".{folder.name}.lock", "a") as lock:
@@ -88,17 +94,21 @@ def converter_dir() -> Path:
                                    f"{LOCK_WAIT_S} s (remove {folder.name}* there if it died)") from None  # fmt: skip
                 time.sleep(1)
         try:
-            if _ready(folder):
+            why = _unusable(folder)
+            if why is None:
                 return folder
+            if why != "not fetched":
+                print(f"{folder}: {why}: fetching llama.cpp's converter again", file=sys.stderr)
             print(f"fetching llama.cpp's converter once: pip download {pin()} (76 MB) into {root}", file=sys.stderr)
             with tempfile.TemporaryDirectory(prefix=f".{folder.name}.partial-", dir=root) as tmp:
                 staged = Path(tmp) / "converter"
                 staged.mkdir()
-                archive = download(pin(), Path(tmp) / "sdist", source=True, what="llama.cpp's converter")
+                archive = download(pin(), Path(tmp) / "sdist", pinned=SDIST_SHA256, source=True, what="llama.cpp's converter")
                 _extract(archive, staged)
                 if not (staged / "convert_hf_to_gguf.py").is_file() or not (staged / "gguf-py" / "gguf").is_dir():
                     raise LfxError(f"{archive.name}: no {VENDORED}convert_hf_to_gguf.py or gguf-py inside")
-                atomic_write_text(staged / STAMP, dump_json({"pin": pin(), "source": archive.name}))
+                files = manifest(staged)
+                atomic_write_text(staged / STAMP, dump_json({"pin": pin(), "source": archive.name, "files": files}))
                 shutil.rmtree(folder, ignore_errors=True)
                 os.replace(staged, folder)
         finally:

@@ -1,10 +1,15 @@
 """The one client for OpenAI-compatible servers (vLLM via `lfx serve`, llama.cpp's server, any other):
-list the served models, answer a chat. Every call is bounded and every failure is one line naming the URL."""
+list the served models, answer a chat. Every call is bounded and every failure is one line naming the URL.
+
+A server started with a key (vLLM's VLLM_API_KEY) gets it from OPENAI_API_KEY, as every OpenAI-compatible
+client reads it; a key is never an argument (every process list shows those)."""
 
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -13,21 +18,32 @@ from .prompts import Answer
 
 LIST_TIMEOUT_S = 10  # a server that does not list its models in this time is not up
 ANSWER_TIMEOUT_S = 300  # one answer on a slow CPU server; a dead server fails sooner (connection refused)
+KEY_VARIABLE = "OPENAI_API_KEY"
 
 
 def endpoint(url: str) -> str:
-    """http://HOST:PORT[/v1] -> http://HOST:PORT/v1"""
-    url = url.rstrip("/")
+    """http://HOST:PORT[/v1] -> http://HOST:PORT/v1; anything but an http(s) URL with a host is refused."""
+    parts = urllib.parse.urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise LfxError(f"--url: '{url}' is not an http(s) URL with a host: give http://HOST:PORT/v1 (lfx serve prints it)")
+    url = url.strip().rstrip("/")
     return url if url.endswith("/v1") else url + "/v1"
 
 
 def _request(url: str, payload: dict | None, timeout: float) -> Any:
     data = None if payload is None else json.dumps(payload, ensure_ascii=False).encode("utf-8")
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    key = os.environ.get(KEY_VARIABLE)
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (a URL the user gave)
             return json.loads(response.read().decode("utf-8"))
     except urllib.error.HTTPError as err:
+        if err.code == 401:
+            why = f"the server refused the key in {KEY_VARIABLE}" if key else f"the server wants an API key: set {KEY_VARIABLE}"
+            raise LfxError(f"{url}: HTTP 401: {why} (the key it was started with, e.g. vLLM's VLLM_API_KEY)") from None
         detail = " ".join(err.read().decode(errors="replace").split())[:300]
         raise LfxError(f"{url}: HTTP {err.code}: {detail}") from None
     except (urllib.error.URLError, OSError) as err:  # refused, DNS, timed out

@@ -1,5 +1,6 @@
 """`lfx upload`: push a merged model, a full fine-tune or a LoRA adapter to the Hub with a model card, in one
 commit that leaves the repo holding exactly what was pushed (earlier files deleted, `.gitattributes` kept).
+Everything that would go up is checked first, in the dry run too (selection.py).
 
 The token comes from `HF_TOKEN` or the Hub's stored login and is never printed or written.
 """
@@ -13,7 +14,7 @@ from .. import record as run_record
 from ..errors import LfxError
 from ..hub import check_repo_id, token
 from .card import build_card
-from .selection import Item, check, items, local_prefixes
+from .selection import Item, check, items, local_paths
 
 KEEP = (".gitattributes",)  # the Hub's own file (LFS rules): never deleted
 
@@ -53,7 +54,7 @@ def upload(folder: str | Path, repo_id: str, *, private: bool = True, adapter_on
     selected = items(source, warnings.append)
     card = str(build_card(source, kind, repo_id)).encode("utf-8")
     readme = Item("README.md", None, card)
-    check([readme], local_prefixes(source))
+    check([readme], local_paths(source))
     selected.append(readme)
     for line in warnings:
         echo(f"warning: {line}")
