@@ -88,13 +88,14 @@ def templates():
 
 @templates.command("list")
 def templates_list():
-    """List our templates with their LLaMA-Factory base."""
-    from .persona.templates import load_specs
+    """List our templates with their LLaMA-Factory base and the persona each declares (name, aliases, languages)."""
+    from .persona.templates import describe_persona, load_specs
 
     specs = load_specs()
     width = max((len(n) for n in specs), default=4)
     for name, spec in specs.items():
         click.echo(f"{name:<{width}}  base={spec.base:<10}  {spec.description}")
+        click.echo(f"{'':<{width}}  persona: {describe_persona(spec.persona)}")
 
 
 @templates.command("show")
