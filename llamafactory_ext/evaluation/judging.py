@@ -31,7 +31,9 @@ def build(lexicon: Lexicon, persona: Persona | None, no_persona: str, evalset: E
           base_answers: list[Reply], skipped: dict[str, str]) -> Judges:  # fmt: skip
     """`sample`: the training prompts the base answered (`base_answers`) for the classifier."""
     config: dict[str, Any] = {"lexicon": lexicon.path.name, "generic_system_prompt": lexicon.generic_system_prompt}
-    training, language = evalset.training, evalset.language
+    training = evalset.training
+    # The answers' language: the data's, else the persona's when it speaks one.
+    language = evalset.language or (persona.languages[0] if persona and len(persona.languages) == 1 else None)
     if persona is None:
         skipped["identity"] = no_persona
     classifier = None
