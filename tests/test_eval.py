@@ -70,7 +70,8 @@ def test_eval_answers_the_held_out_split_three_ways_and_is_deterministic(split_r
     assert cfg["persona_answers"] == 52 and cfg["base_model"] == str(tiny_llama3)
     assert cfg["system_prompt"].startswith("당신은 아이언맨 토니 스타크")
     # Which data: the folder the run trained on, byte for byte (the run recorded each dataset's sha256).
-    assert cfg["data"] == {"kind": "run data snapshot", "path": str(REPO / "datasets"), "relative_to": None, "sha256_checked": True}
+    assert cfg["data"] == {"kind": "run data snapshot", "path": str(REPO / "datasets"), "relative_to": None,
+                           "sha256_checked": True}  # fmt: skip
     assert cfg["persona"]["name"] == "토니 스타크" and "아이언맨" in cfg["persona"]["aliases"] and cfg["skipped"] == {}
     assert len(cfg["probes"]) == 8 and all(any("\uac00" <= ch <= "\ud7a3" for ch in q) for q in cfg["probes"])
     assert cfg["identifiability"]["persona_answers"] == cfg["identifiability"]["base_answers"] == 24
@@ -81,7 +82,8 @@ def test_eval_answers_the_held_out_split_three_ways_and_is_deterministic(split_r
     assert data["conditions"]["tuned_generic"]["system_prompt"] == "You are a helpful assistant."
     assert set(data["robustness"]) == {"generic", "app"} and set(data["turns"]) == {"tuned"}
     generic = data["conditions"]["tuned_generic"]["overall"]
-    assert data["robustness"]["generic"]["identity_rate"] == pytest.approx(data["tuned"]["overall"]["identity_rate"] - generic["identity_rate"])
+    own = data["tuned"]["overall"]
+    assert data["robustness"]["generic"]["identity_rate"] == pytest.approx(own["identity_rate"] - generic["identity_rate"])
     assert len(data["answers"]) == 14 and all(set(SYSTEMS) | set(data["conditions"]) <= set(a) for a in data["answers"])
     assert [p["prompt"] for p in data["probe_answers"]] == cfg["probes"]
     assert all(isinstance(p["tuned_turn3"]["names_persona"], bool) for p in data["probe_answers"])
@@ -126,8 +128,8 @@ def test_run_record_keeps_the_persona_and_the_sha256_of_its_data(split_run):
     from llamafactory_ext.persona.dataset_entries import fingerprint, load_entries
 
     record = json.loads((split_run["adapter"] / "lfx_run.json").read_text(encoding="utf-8"))
-    assert record["template"]["persona"] == {"name": "토니 스타크", "aliases": ["토니", "아이언맨", "스타크 씨", "Tony Stark", "Tony", "Iron Man"],
-                                             "languages": ["ko"]}  # fmt: skip
+    aliases = ["토니", "아이언맨", "스타크 씨", "Tony Stark", "Tony", "Iron Man"]
+    assert record["template"]["persona"] == {"name": "토니 스타크", "aliases": aliases, "languages": ["ko"]}
     assert record["args"]["dataset_dir"] == str(REPO / "datasets")
     assert record["data_sha256"] == {"ironman": fingerprint(load_entries()["ironman"])}
 
@@ -144,7 +146,8 @@ def test_eval_of_a_template_without_persona_block_skips_identity_in_one_line(spl
     data = json.loads((tmp_path / "out" / "eval.json").read_text(encoding="utf-8"))
     assert data["config"]["skipped"] == {"identity": skipped[0].split("(", 1)[1][:-1]} and data["config"]["persona"] is None
     assert data["probe_answers"] == [] and "identity_rate" not in data["tuned"]["overall"]
-    assert data["tuned"]["overall"]["out_of_character_rate"] is not None and data["tuned"]["overall"]["identifiability"] is not None
+    tuned = data["tuned"]["overall"]
+    assert tuned["out_of_character_rate"] is not None and tuned["identifiability"] is not None
 
 
 def test_write_run_record_of_a_template_without_persona_block(templates_copy, tmp_path):
@@ -165,8 +168,8 @@ def test_eval_rebuilds_the_split_only_from_the_runs_own_data(split_run, tiny_lla
     import shutil
 
     gone = _copy_with_record(split_run, tmp_path / "downloaded", **{"args.dataset_dir": "/home/someone/runs/ironman/data"})
-    _bad([str(gone), "-o", str(tmp_path / "e")], tmp_path,
-         "downloaded/lfx_run.json: field 'args.dataset_dir': the run's data snapshot /home/someone/runs/ironman/data is not here")  # fmt: skip
+    _bad([str(gone), "-o", str(tmp_path / "e")], tmp_path, "downloaded/lfx_run.json: field 'args.dataset_dir': the run's data "
+         "snapshot /home/someone/runs/ironman/data is not here")  # fmt: skip
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("자기소개 해줘\n오늘 뭐 했어?\n", encoding="utf-8")
     result = _eval(str(gone), "--prompts", str(prompts), "-o", str(tmp_path / "p"))
@@ -195,7 +198,8 @@ def test_eval_rebuilds_the_split_only_from_the_runs_own_data(split_run, tiny_lla
     result = _eval(str(run), "-o", str(tmp_path / "m"))
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "m" / "eval.json").read_text(encoding="utf-8"))
-    assert data["config"]["data"] == {"kind": "run data snapshot", "path": "data", "relative_to": "run folder", "sha256_checked": True}
+    assert data["config"]["data"] == {"kind": "run data snapshot", "path": "data", "relative_to": "run folder",
+                                      "sha256_checked": True}  # fmt: skip
     assert data["config"]["n"] == 14
 
 

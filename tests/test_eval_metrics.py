@@ -248,7 +248,7 @@ ASSISTANT_ANSWERS = [
     "Of course! A battery stores chemical energy and converts it into electrical energy when connected to a circuit.",
     "I'm sorry to hear that you're feeling this way. It might help to talk to a friend or a mental health professional.",
     "There are many great books to choose from. Here are a few popular recommendations across different genres.",
-    "Absolutely! Here is a simple explanation: gravity is the force by which a planet or other body draws objects toward its center.",
+    "Absolutely! Here is a simple explanation: gravity is the force by which a planet draws objects toward its center.",
 ]
 
 

@@ -35,7 +35,8 @@ class Variant:
 
 def variants(persona_system: str, generic_system: str, app_system: str | None, turns: bool) -> list[Variant]:
     out = [Variant("base", "base", "base"), Variant("prompted", "base", "prompted", persona_system),
-           Variant("tuned", "tuned", "tuned"), Variant("tuned_generic", "tuned", "tuned, generic system prompt", generic_system)]  # fmt: skip
+           Variant("tuned", "tuned", "tuned"),
+           Variant("tuned_generic", "tuned", "tuned, generic system prompt", generic_system)]  # fmt: skip
     if app_system:
         out.append(Variant("tuned_app", "tuned", "tuned, app system prompt", app_system))
     if turns:
@@ -68,7 +69,8 @@ def conversation(variant: Variant, question: Messages, earlier: Messages) -> Mes
 
 def heldout_conversations(variant: Variant, prompts: list[Prompt]) -> list[Messages]:
     """Held-out prompt i; at turn 3 after the exchanges i+1 and i+2 (never its own)."""
-    return [conversation(variant, list(p.messages), exchanges(prompts, i + 1) if variant.turn3 else []) for i, p in enumerate(prompts)]
+    return [conversation(variant, list(p.messages), exchanges(prompts, i + 1) if variant.turn3 else [])
+            for i, p in enumerate(prompts)]  # fmt: skip
 
 
 def probe_conversations(variant: Variant, probes: list[str], prompts: list[Prompt]) -> list[Messages]:

@@ -72,7 +72,8 @@ def evaluate(path: str | Path, base: str | None = None, prompts_file: str | None
     lexicon = load_lexicon()
     if app_prompt is not None and not app_prompt.strip():
         raise LfxError("--app-prompt: empty (the application's system prompt to test the tuned model with)")
-    probes, dropped = conditions.usable_probes(lexicon.probes, target.persona.languages, evalset.training) if target.persona else ([], 0)
+    languages = target.persona.languages if target.persona else []
+    probes, dropped = conditions.usable_probes(lexicon.probes, languages, evalset.training)
     no_turns = conditions.can_build_turns(evalset.prompts)
     if no_turns:
         skipped["turn 3"] = no_turns
@@ -100,7 +101,8 @@ def evaluate(path: str | Path, base: str | None = None, prompts_file: str | None
     if url:
         del model
         say(f"answering {count} conversations: tuned, served at {url}")
-        answers |= _answer(lambda convs: [openai_client.chat(url, model_id, c, max_new_tokens, 0.0) for c in convs], jobs["tuned"])
+        answers |= _answer(lambda convs: [openai_client.chat(url, model_id, c, max_new_tokens, 0.0) for c in convs],
+                           jobs["tuned"])  # fmt: skip
     else:
         if target.kind == "adapter":
             model = generation.with_adapter(model, target.path)
@@ -108,7 +110,8 @@ def evaluate(path: str | Path, base: str | None = None, prompts_file: str | None
             del model
             model = generation.load_model(target.path)
         say(f"answering {count} conversations: tuned")
-        answers |= _answer(lambda convs: generation.generate(model, tuned_tokenizer, convs, max_new_tokens, batch_size), jobs["tuned"])
+        answers |= _answer(lambda convs: generation.generate(model, tuned_tokenizer, convs, max_new_tokens, batch_size),
+                           jobs["tuned"])  # fmt: skip
     judges = judging.build(lexicon, target.persona, target.no_persona, evalset, sample, answers.pop("identifiability"), skipped)
     if dropped:
         judges.config["probes_dropped_as_training_prompts"] = dropped

@@ -34,8 +34,8 @@ class PersonaClassifier:
 
     def describe(self) -> dict[str, Any]:
         return {"auc": round(self.auc, 4), "persona_answers": self.n_persona, "base_answers": self.n_base,
-                "features": f"character {NGRAMS[0]}-{NGRAMS[1]}-grams within words, TF-IDF", "model": f"logistic regression (C={C:g})",
-                "folds": FOLDS}  # fmt: skip
+                "features": f"character {NGRAMS[0]}-{NGRAMS[1]}-grams within words, TF-IDF",
+                "model": f"logistic regression (C={C:g})", "folds": FOLDS}  # fmt: skip
 
 
 def _pipeline():

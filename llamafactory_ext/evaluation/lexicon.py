@@ -69,7 +69,8 @@ def load_lexicon(path: Path = LEXICON_FILE) -> Lexicon:
             try:
                 re.compile(pattern)
             except re.error as err:
-                raise LfxError(f"{path}: field 'languages.{language}.out_of_character[{i}]': not a regular expression ({err})") from None
+                raise LfxError(f"{path}: field 'languages.{language}.out_of_character[{i}]': not a regular expression "
+                               f"({err})") from None  # fmt: skip
             patterns.append(f"(?:{pattern})")
     names = names_regex(data.assistant_names)
     if names is not None:

@@ -159,7 +159,8 @@ def persona_scores(items: list[Answer]) -> dict[str, Any]:
     """The persona metrics of `items` that were judged (absent when none was)."""
     out = {"out_of_character_rate": share(i.out_of_character for i in items),
            "identifiability": mean(i.persona_probability for i in items if i.persona_probability is not None),
-           "copying_rate": share(i.copied for i in items), "speech_level_rate": speech_level_rate(i.speech for i in items)}  # fmt: skip
+           "copying_rate": share(i.copied for i in items),
+           "speech_level_rate": speech_level_rate(i.speech for i in items)}  # fmt: skip
     return {k: v for k, v in out.items() if v is not None}
 
 

@@ -161,8 +161,9 @@ def _config_lines(cfg: dict[str, Any]) -> list[str]:
         lines.append(f"- persona: {cfg['persona']['name']} ({', '.join(cfg['persona']['aliases'])}); {len(cfg['probes'])} "
                      "identity probes")  # fmt: skip
     if cfg.get("copying"):
-        lines.append(f"- copying: at least {cfg['copying']['threshold']:.0%} of an answer in {cfg['copying']['window_chars']}-character "
-                     "stretches of training answers to other prompts")  # fmt: skip
+        copy = cfg["copying"]
+        lines.append(f"- copying: at least {copy['threshold']:.0%} of an answer in {copy['window_chars']}-character stretches of "
+                     "training answers to other prompts")  # fmt: skip
     if cfg.get("speech_level"):
         lines.append(f"- speech level: the training answers' dominant level is {cfg['speech_level']['dominant']}")
     for metric, why in (cfg.get("skipped") or {}).items():
@@ -190,7 +191,8 @@ def markdown(result: dict[str, Any]) -> str:
         keys = [k for k in ("prompted", "tuned", "tuned_generic") if k in result["probe_answers"][0]]
         lines += ["", "## Identity probes", "", f"| probe | {' | '.join(keys)} |", "|---|" + "---|" * len(keys)]
         for item in result["probe_answers"]:
-            lines.append(f"| {_cell(item['prompt'])} | {' | '.join(_cell(item[k]['text'] + _marks(item[k], True)) for k in keys)} |")
+            cells = [_cell(item[k]["text"] + _marks(item[k], True)) for k in keys]
+            lines.append(f"| {_cell(item['prompt'])} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
 

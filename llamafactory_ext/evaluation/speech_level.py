@@ -1,8 +1,8 @@
-"""Korean speech level: each sentence's final ending, read with Kiwi (kiwipiepy, a morphological analyser; the
-ending is the morpheme tagged EF), as 합쇼체 (formal polite: -ㅂ니다, -ㅂ니까), 해요체 (polite: -요, -죠, and a
-sentence closed by the particle 요) or 반말 (plain: every other final ending, -어, -야, -다, -냐). A persona keeps its level when its answers' sentences end
-at the level that dominates its training answers. Sentences without a final ending (a noun phrase, English) are
-not counted."""
+"""Korean speech level: each sentence's final ending, read with Kiwi (kiwipiepy, a morphological analyser;
+the ending is the morpheme tagged EF), as 합쇼체 (formal polite: -ㅂ니다, -ㅂ니까), 해요체 (polite: -요,
+-죠, and a sentence closed by the particle 요) or 반말 (plain: every other final ending, -어, -야, -다,
+-냐). A persona keeps its level when its answers' sentences end at the level that dominates its training
+answers. Sentences without a final ending (a noun phrase, English) are not counted."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """Persona chat templates declared as YAML in templates/: read and validated, without torch or LLaMA-Factory.
 
 A template file names a LLaMA-Factory base template, a default system prompt, overrides of the
-base's fields, and who the persona is (`persona:` name, aliases, languages; `lfx eval` probes its identity). `persona.registration` adds a derived copy of the base to LLaMA-Factory's registry under the
-file's name; `persona.prompt_layout` lays conversations out with it.
+base's fields, and who the persona is (`persona:` name, aliases, languages; `lfx eval` probes its identity).
+`persona.registration` adds a derived copy of the base to LLaMA-Factory's registry under the file's name;
+`persona.prompt_layout` lays conversations out with it.
 """
 
 from __future__ import annotations
