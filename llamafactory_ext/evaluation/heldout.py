@@ -43,10 +43,6 @@ class EvalSet:
         return [p.reference for p in self.training if p.reference]
 
 
-class SnapshotMissing(LfxError):
-    """The run's own data is not here (moved without its run folder, or changed since training)."""
-
-
 def snapshot(record: dict[str, Any], record_path: Path, run_dir: Path | None = None) -> tuple[Path, dict[str, Any]]:
     """The run's own data folder and how eval.json names it: where the run recorded it, else the same folder
     inside the run folder it moved with (`run_dir`, or the run folder that holds the record's output). With the
@@ -55,7 +51,7 @@ def snapshot(record: dict[str, Any], record_path: Path, run_dir: Path | None = N
     args = record["args"]
     where = f"{record_path}: field 'args.dataset_dir'"
     if not args.get("dataset_dir"):
-        raise SnapshotMissing(f"{where}: missing (the run does not say which data it trained on); pass --prompts FILE")
+        raise LfxError(f"{where}: missing (the run does not say which data it trained on); pass --prompts FILE")
     recorded = Path(args["dataset_dir"])
     sums = record.get("data_sha256")
     checked = isinstance(sums, dict)
@@ -68,8 +64,8 @@ def snapshot(record: dict[str, Any], record_path: Path, run_dir: Path | None = N
             return folder, {"kind": "run data snapshot", "path": folder.relative_to(run).as_posix() if run else str(folder),
                             "relative_to": "run folder" if run else None, "sha256_checked": checked}  # fmt: skip
     state = "changed since training" if any((c / INFO_FILE).is_file() for c in candidates) else "not here"
-    raise SnapshotMissing(f"{where}: the run's data snapshot {recorded} is {state} (a moved run: pass its run folder; a "
-                          "model without its run: pass --prompts FILE); its split is not rebuilt from other data")  # fmt: skip
+    raise LfxError(f"{where}: the run's data snapshot {recorded} is {state} (a moved run: pass its run folder; a "
+                   "model without its run: pass --prompts FILE); its split is not rebuilt from other data")  # fmt: skip
 
 
 def _same_data(folder: Path, sums: dict[str, Any]) -> bool:
