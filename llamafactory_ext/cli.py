@@ -96,13 +96,14 @@ def templates():
 
 @templates.command("list")
 def templates_list():
-    """List our templates with their LLaMA-Factory base."""
-    from .persona.templates import load_specs
+    """List our templates with their LLaMA-Factory base and the persona each declares (name, aliases, languages)."""
+    from .persona.templates import describe_persona, load_specs
 
     specs = load_specs()
     width = max((len(n) for n in specs), default=4)
     for name, spec in specs.items():
         click.echo(f"{name:<{width}}  base={spec.base:<10}  {spec.description}")
+        click.echo(f"{'':<{width}}  persona: {describe_persona(spec.persona)}")
 
 
 @templates.command("show")
@@ -368,16 +369,21 @@ def compare(before, after, prompts_file, out_file, force, max_new_tokens):
 @click.option("--json", "as_json", is_flag=True, help="Print eval.json instead of the summary table.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--show", type=click.IntRange(min=0), default=0, help="Also print the first N prompts answered by prompted base and tuned.")
-def eval_command(model_path, base, prompts_file, url, out_dir, as_json, max_new_tokens, batch_size, show):
+@click.option("--show", type=click.IntRange(min=0), default=0,
+              help="Also print the first N prompts and N identity probes answered by prompted base and tuned.")
+@click.option("--app-prompt", default=None,
+              help="An application's system prompt: the tuned model is also scored with it in place of the persona's.")
+def eval_command(model_path, base, prompts_file, url, out_dir, as_json, max_new_tokens, batch_size, show, app_prompt):
     """Answer held-out prompts with the base, the base with the persona prompt, and the tuned model; score them.
 
     RUN_OR_MODEL: a merged folder, a run's output (adapter or full fine-tune) folder, or a rendered run folder.
-    Writes eval.json, eval.md and eval.png.
+    Also asks identity probes, the tuned model under a generic (and --app-prompt) system prompt and at the third
+    turn. Writes eval.json, eval.md and eval.png.
     """
     from .evaluation.evaluate import run
 
-    run(model_path, base, prompts_file, url, out_dir, max_new_tokens, batch_size, show, as_json, click.echo, say_err)
+    run(model_path, base, prompts_file, url, out_dir, max_new_tokens, batch_size, show, as_json, click.echo, say_err,
+        app_prompt)
 
 
 @main.command()

@@ -18,7 +18,7 @@ from .errors import LfxError
 from .files import has_bom, read_json, read_yaml
 from .models import for_loading
 from .paths import datasets_dir
-from .persona.dataset_entries import INFO_FILE, dataset_names, load_entries
+from .persona.dataset_entries import INFO_FILE, DatasetEntry, dataset_names, fingerprint, load_entries
 from .persona.registration import register_datasets
 from .secrets import refuse as refuse_secrets
 
@@ -133,12 +133,21 @@ def write_run_record(config: dict[str, Any], config_path: str | None = None) -> 
     if isinstance(deepspeed, str) and Path(deepspeed).is_file():
         record["zero_stage"] = (read_json(deepspeed).get("zero_optimization") or {}).get("stage", 0)
     if config.get("template"):
+        from .persona.templates import load_specs
+
         template = get_template(config["template"])
+        spec = load_specs().get(config["template"])
         record["template"] = {
             "name": config["template"],
             "default_system": template.default_system,
             "stop_words": list(template.stop_words),
+            "persona": spec.persona.model_dump() if spec and spec.persona else None,
         }
+    if config.get("dataset_dir"):  # lfx eval rebuilds the held-out split only from this very data
+        folder = Path(config["dataset_dir"])
+        info = read_json(folder / INFO_FILE) if (folder / INFO_FILE).is_file() else {}
+        names = dict.fromkeys(n for f in ("dataset", "eval_dataset") for n in dataset_names(config.get(f)) if n in info)
+        record["data_sha256"] = {name: fingerprint(DatasetEntry(name, info[name], folder)) for name in names}
     if config_path:
         from .record import read_run_file
 

@@ -10,7 +10,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, built_once, lfx, one_line_error, run_launcher, snapshot, train_config, write_json
+from conftest import (
+    REPO,
+    built_once,
+    lfx,
+    one_line_error,
+    run_launcher,
+    snapshot,
+    tiny_recipe_dict,
+    train_config,
+    write_json,
+    write_recipe,
+)
 
 from llamafactory_ext.evaluation.report import SYSTEMS
 
@@ -36,21 +47,46 @@ def _eval(*args: str):
     return lfx("eval", *args, "--max-new-tokens", "6")
 
 
+APP_PROMPT = "너는 친환경 챌린지 앱의 상담 챗봇이야. 짧고 친절하게 답해."
+
+
 def test_eval_answers_the_held_out_split_three_ways_and_is_deterministic(split_run, tiny_llama3, tmp_path):
-    result = _eval(str(split_run["merged"]), "-o", str(tmp_path / "a"))
+    result = _eval(str(split_run["merged"]), "-o", str(tmp_path / "a"), "--app-prompt", APP_PROMPT)
     assert result.exit_code == 0, result.output
     assert "| persona chrF (best vs training answers) |" in result.stdout
+    assert "| identity: probes answered as the persona |" in result.stdout and "## System-prompt robustness" in result.stdout
+    assert "skipped" not in result.stderr  # a persona, training answers, three held-out exchanges: nothing to skip
     data = json.loads((tmp_path / "a" / "eval.json").read_text(encoding="utf-8"))
     assert set(SYSTEMS) <= set(data)
     for name in SYSTEMS:
         overall = data[name]["overall"]
-        for key in ("chrf", "persona_chrf", "stop_rate", "language_rate", "length_ratio", "loop_rate"):
+        for key in ("chrf", "persona_chrf", "stop_rate", "language_rate", "length_ratio", "loop_rate", "identity_rate",
+                    "out_of_character_rate", "identifiability", "copying_rate"):  # fmt: skip
             assert overall[key] is not None, (name, key)
         assert overall["n"] == 14 and overall["language"] == "ko"  # 20% of 66, declared by lfx.language
+        assert overall["identity_n"] == 8  # the Korean probes: the persona speaks ko
         assert set(data[name]["datasets"]) == {"ironman"} and data[name]["tasks"] == {}
-    assert data["config"]["persona_answers"] == 52 and data["config"]["base_model"] == str(tiny_llama3)
-    assert data["config"]["system_prompt"].startswith("당신은 아이언맨 토니 스타크")
-    assert len(data["answers"]) == 14 and all(set(SYSTEMS) <= set(a) for a in data["answers"])
+    cfg = data["config"]
+    assert cfg["persona_answers"] == 52 and cfg["base_model"] == str(tiny_llama3)
+    assert cfg["system_prompt"].startswith("당신은 아이언맨 토니 스타크")
+    # Which data: the folder the run trained on, byte for byte (the run recorded each dataset's sha256).
+    assert cfg["data"] == {"kind": "run data snapshot", "path": str(REPO / "datasets"), "relative_to": None,
+                           "sha256_checked": True}  # fmt: skip
+    assert cfg["persona"]["name"] == "토니 스타크" and "아이언맨" in cfg["persona"]["aliases"] and cfg["skipped"] == {}
+    assert len(cfg["probes"]) == 8 and all(any("\uac00" <= ch <= "\ud7a3" for ch in q) for q in cfg["probes"])
+    assert cfg["identifiability"]["persona_answers"] == cfg["identifiability"]["base_answers"] == 24
+    assert cfg["speech_level"]["dominant"] == "해요체" and cfg["copying"]["training_answers"] == 52
+    # The tuned model under the generic and the app's system prompt, and at turn 3; the drops between them.
+    assert set(data["conditions"]) == {"tuned_generic", "tuned_app", "tuned_turn3"}
+    assert data["conditions"]["tuned_app"]["system_prompt"] == APP_PROMPT
+    assert data["conditions"]["tuned_generic"]["system_prompt"] == "You are a helpful assistant."
+    assert set(data["robustness"]) == {"generic", "app"} and set(data["turns"]) == {"tuned"}
+    generic = data["conditions"]["tuned_generic"]["overall"]
+    own = data["tuned"]["overall"]
+    assert data["robustness"]["generic"]["identity_rate"] == pytest.approx(own["identity_rate"] - generic["identity_rate"])
+    assert len(data["answers"]) == 14 and all(set(SYSTEMS) | set(data["conditions"]) <= set(a) for a in data["answers"])
+    assert [p["prompt"] for p in data["probe_answers"]] == cfg["probes"]
+    assert all(isinstance(p["tuned_turn3"]["names_persona"], bool) for p in data["probe_answers"])
     # The held-out prompts are the very records LLaMA-Factory held out (its saved validation split), in order.
     from transformers import AutoTokenizer
 
@@ -64,11 +100,107 @@ def test_eval_answers_the_held_out_split_three_ways_and_is_deterministic(split_r
         assert answer["prompt"] in text and answer["reference"] in text
     md = (tmp_path / "a" / "eval.md").read_text(encoding="utf-8")
     assert "## Overall" in md and "| prompt | reference | base | prompted | tuned |" in md
+    assert "## Turn 3" in md and "## Identity probes" in md and "cross-validated AUC" in md
     assert (tmp_path / "a" / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    again = _eval(str(split_run["merged"]), "-o", str(tmp_path / "b"))
+    again = _eval(str(split_run["merged"]), "-o", str(tmp_path / "b"), "--app-prompt", APP_PROMPT)
     assert again.exit_code == 0, again.output
     assert (tmp_path / "b" / "eval.json").read_bytes() == (tmp_path / "a" / "eval.json").read_bytes()
+
+
+def _copy_with_record(split_run, folder: Path, **changes) -> Path:
+    """The merged model copied to `folder`, its run record changed as a run elsewhere would have written it."""
+    import shutil
+
+    shutil.copytree(split_run["merged"], folder)
+    record = json.loads((folder / "lfx_run.json").read_text(encoding="utf-8"))
+    for key, value in changes.items():
+        target = record
+        *parents, last = key.split(".")
+        for part in parents:
+            target = target[part]
+        target[last] = value
+    write_json(folder / "lfx_run.json", record)
+    return folder
+
+
+def test_run_record_keeps_the_persona_and_the_sha256_of_its_data(split_run):
+    from llamafactory_ext.persona.dataset_entries import fingerprint, load_entries
+
+    record = json.loads((split_run["adapter"] / "lfx_run.json").read_text(encoding="utf-8"))
+    aliases = ["토니", "아이언맨", "스타크 씨", "Tony Stark", "Tony", "Iron Man"]
+    assert record["template"]["persona"] == {"name": "토니 스타크", "aliases": aliases, "languages": ["ko"]}
+    assert record["args"]["dataset_dir"] == str(REPO / "datasets")
+    assert record["data_sha256"] == {"ironman": fingerprint(load_entries()["ironman"])}
+
+
+def test_eval_of_a_template_without_persona_block_skips_identity_in_one_line(split_run, tmp_path):
+    """A run whose template declares no persona: (train.py records `persona: null`): every other metric, and one
+    line saying identity was skipped and why."""
+    folder = _copy_with_record(split_run, tmp_path / "merged", **{"template.persona": None})
+    result = _eval(str(folder), "-o", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    skipped = [line for line in result.stderr.splitlines() if "skipped" in line]
+    assert skipped == ["lfx eval: skipped identity (the run's template 'llama3-persona' declares no persona: block (name, "
+                       "aliases, languages))"], result.stderr  # fmt: skip
+    data = json.loads((tmp_path / "out" / "eval.json").read_text(encoding="utf-8"))
+    assert data["config"]["skipped"] == {"identity": skipped[0].split("(", 1)[1][:-1]} and data["config"]["persona"] is None
+    assert data["probe_answers"] == [] and "identity_rate" not in data["tuned"]["overall"]
+    tuned = data["tuned"]["overall"]
+    assert tuned["out_of_character_rate"] is not None and tuned["identifiability"] is not None
+
+
+def test_write_run_record_of_a_template_without_persona_block(templates_copy, tmp_path):
+    from llamafactory_ext.train import prepare, write_run_record
+
+    path = templates_copy / "llama3-persona.yaml"
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text[: text.index("persona:")] + text[text.index("overrides:") :], encoding="utf-8")
+    assert "\npersona:" not in path.read_text(encoding="utf-8")
+    config = prepare({"template": "llama3-persona", "dataset": "ironman", "output_dir": str(tmp_path / "out")})
+    record = json.loads(write_run_record(config).read_text(encoding="utf-8"))
+    assert record["template"]["persona"] is None and set(record["data_sha256"]) == {"ironman"}
+
+
+def test_eval_rebuilds_the_split_only_from_the_runs_own_data(split_run, tiny_llama3, tmp_path):
+    """Issue 25: a run's data snapshot gone (a model downloaded without its run) or changed: one line, exit 2,
+    unless --prompts; a run folder that moved brings its snapshot along; eval.json says which data it used."""
+    import shutil
+
+    gone = _copy_with_record(split_run, tmp_path / "downloaded", **{"args.dataset_dir": "/home/someone/runs/ironman/data"})
+    _bad([str(gone), "-o", str(tmp_path / "e")], tmp_path, "downloaded/lfx_run.json: field 'args.dataset_dir': the run's data "
+         "snapshot /home/someone/runs/ironman/data is not here")  # fmt: skip
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("자기소개 해줘\n오늘 뭐 했어?\n", encoding="utf-8")
+    result = _eval(str(gone), "--prompts", str(prompts), "-o", str(tmp_path / "p"))
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "p" / "eval.json").read_text(encoding="utf-8"))
+    assert data["config"]["data"] == {"kind": "prompts file", "path": str(prompts), "training_data": None}
+    assert set(data["config"]["skipped"]) == {"persona chrF", "identifiability", "copying", "speech level", "turn 3"}
+    assert data["tuned"]["overall"]["persona_chrf"] is None and data["tuned"]["overall"]["identity_rate"] is not None
+    assert sum("skipped" in line for line in result.stderr.splitlines()) == 1
+
+    # The data changed since training (one answer edited): its split would not be the run's.
+    copy = tmp_path / "data-copy"
+    shutil.copytree(REPO / "datasets", copy)
+    records = json.loads((copy / "ironman.json").read_text(encoding="utf-8"))
+    records[0]["output"] += " 그리고 한 마디 더."
+    write_json(copy / "ironman.json", records)
+    changed = _copy_with_record(split_run, tmp_path / "changed", **{"args.dataset_dir": str(copy)})
+    _bad([str(changed), "-o", str(tmp_path / "e")], tmp_path, f"the run's data snapshot {copy} is changed since training")
+
+    # A rendered run folder moved elsewhere: its data/ snapshot moved with it and is the run's (same sha256).
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_recipe_dict(tiny_llama3))
+    assert lfx("render", str(recipe), "-o", str(tmp_path / "run")).exit_code == 0
+    shutil.move(tmp_path / "run", tmp_path / "moved run")
+    run = tmp_path / "moved run"
+    _copy_with_record(split_run, run / "merged", **{"args.dataset_dir": str(tmp_path / "run" / "data")})
+    result = _eval(str(run), "-o", str(tmp_path / "m"))
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "m" / "eval.json").read_text(encoding="utf-8"))
+    assert data["config"]["data"] == {"kind": "run data snapshot", "path": "data", "relative_to": "run folder",
+                                      "sha256_checked": True}  # fmt: skip
+    assert data["config"]["n"] == 14
 
 
 def test_eval_of_the_adapter_matches_the_merged_model(split_run, tmp_path):
@@ -98,6 +230,7 @@ def test_eval_prompts_file_with_json_tasks(split_run, tmp_path):
     n_json = sum(r["task"] in json_tasks for r in picked)
     assert data["tuned"]["overall"]["json_n"] == n_json
     assert data["config"]["persona_answers"] == 52  # the run's training split, still
+    assert data["config"]["data"]["kind"] == "prompts file" and data["config"]["data"]["training_data"]["sha256_checked"]
 
     plain = tmp_path / "prompts.txt"
     plain.write_text("자기소개 해줘\n\n오늘 뭐 했어?\n", encoding="utf-8")

@@ -19,3 +19,26 @@ def test_demo_persona_takes_hold_on_smollm2(demo_run, demo_eval):
     assert tuned["persona_chrf"] >= max(base["persona_chrf"], prompted["persona_chrf"]) + 10, (base, prompted, tuned)
     assert tuned["persona_chrf"] >= data["config"]["reference_persona_chrf"], (tuned, data["config"])
     assert tuned["stop_rate"] >= 0.9 and base["stop_rate"] < 0.5, (base, tuned)
+
+
+def test_demo_persona_metrics_say_what_the_answers_show(demo_eval):
+    """The persona metrics on the demo (README, "Does the persona take?"). The classifier can tell the persona's
+    training answers from the base's (cross-validated AUC), and the tuned answers read more like the persona than
+    the base's; the base, asked who it is without the persona prompt, never names Tony Stark and leaks the
+    assistant ("I'm an AI designed to assist users"), the tuned model leaks it less. The tuned model's own
+    identity is not asserted: SFT on 102 answers does not make a 135M model name itself (0 of 8 probes, measured),
+    which is what a preference round is for."""
+    data = demo_eval
+    base, prompted, tuned = (data[n]["overall"] for n in ("base", "prompted", "tuned"))
+    cfg = data["config"]
+    assert cfg["data"] == {"kind": "run data snapshot", "path": "data", "relative_to": "run folder", "sha256_checked": True}
+    assert cfg["skipped"] == {} and cfg["persona"]["name"] == "Tony Stark" and len(cfg["probes"]) == 8
+    assert cfg["identifiability"]["auc"] >= 0.9, cfg["identifiability"]
+    assert tuned["identifiability"] > max(base["identifiability"], prompted["identifiability"]), (base, prompted, tuned)
+    assert base["identity_rate"] == 0 and base["out_of_character_rate"] > tuned["out_of_character_rate"], (base, tuned)
+    assert set(data["conditions"]) == {"tuned_generic", "tuned_turn3"} and set(data["robustness"]) == {"generic"}
+    print("\n" + "\n".join(f"{name}: " + ", ".join(f"{k} {v}" for k, v in data[name]["overall"].items() if k in (
+        "identity_rate", "out_of_character_rate", "identifiability", "copying_rate", "persona_chrf", "stop_rate"))
+        for name in ("base", "prompted", "tuned")))  # the README's numbers  # fmt: skip
+    for key, condition in data["conditions"].items():
+        print(f"{key}: {condition['overall']}")

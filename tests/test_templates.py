@@ -106,6 +106,25 @@ def test_cli_lists_templates():
     assert "qwen-persona" in result.output
 
 
+def test_templates_declare_who_the_persona_is_and_the_cli_shows_it(templates_copy):
+    """The bundled templates' persona: Tony Stark, by the names the datasets' answers use (ironman: 토니, 아이언맨;
+    ironman_en: Tony Stark, Iron Man), in the language each answers in."""
+    specs = load_specs()
+    assert specs["smollm2-persona"].persona.name == "Tony Stark" and specs["smollm2-persona"].persona.languages == ["en"]
+    for name in ("llama3-persona", "qwen-persona"):
+        persona = specs[name].persona
+        assert persona.name == "토니 스타크" and {"토니", "아이언맨", "Tony Stark"} <= set(persona.aliases)
+        assert persona.languages == ["ko"]
+    (templates_copy / "mistral-yoda.yaml").write_text("name: mistral-yoda\nbase: mistral\n", encoding="utf-8")
+    lines = lfx("templates", "list").output.splitlines()
+    smollm2 = lines.index(next(line for line in lines if line.startswith("smollm2-persona")))
+    assert lines[smollm2 + 1].strip() == "persona: Tony Stark (also Tony, Iron Man, Ironman, Mr. Stark; languages en)"
+    yoda = lines.index(next(line for line in lines if line.startswith("mistral-yoda")))
+    assert lines[yoda + 1].strip() == "persona: none declared (no persona: block; lfx eval skips its identity metric)"
+    shown = lfx("templates", "show", "qwen-persona")
+    assert shown.exit_code == 0 and "# persona: 토니 스타크 (also 토니, 아이언맨" in shown.output
+
+
 def test_cli_show_renders_sample_prompt_with_real_tokens(tiny_llama3):
     result = lfx("templates", "show", "llama3-persona", "--tokenizer", str(tiny_llama3))
     assert result.exit_code == 0, result.output
@@ -130,6 +149,12 @@ BAD_TEMPLATES = [
     ("wrong_type", "name: bad\nbase: llama3\noverrides:\n  replace_eos: 'yes'\n", "field 'overrides.replace_eos': expected true or false"),
     ("unknown_override", "name: bad\nbase: llama3\noverrides:\n  stop_word: ['x']\n", "unknown key 'overrides.stop_word' (did you mean 'stop_words'?)"),
     ("name_mismatch", "name: other\nbase: llama3\n", "must match the file name"),
+    ("persona_without_name", "name: bad\nbase: llama3\npersona:\n  aliases: [Tony]\n  languages: [en]\n",
+     "missing 'persona.name'"),
+    ("persona_language", "name: bad\nbase: llama3\npersona:\n  name: Tony Stark\n  languages: [english]\n",
+     "field 'persona.languages[0]': 'english' is not one of ko, en"),
+    ("persona_alias_typo", "name: bad\nbase: llama3\npersona:\n  name: Tony Stark\n  alias: [Tony]\n  languages: [en]\n",
+     "unknown key 'persona.alias' (did you mean 'aliases'?)"),
     ("empty", "", "file is empty"),
 ]
 

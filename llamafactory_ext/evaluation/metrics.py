@@ -13,6 +13,14 @@
 - length_ratio: total answer characters over total reference characters.
 - loop_rate: share of answers that repeat a word n-gram (default 4 words) at least 3 times.
 
+Persona metrics, from verdicts on each answer (persona_judge, copying, speech_level) carried by the Answer:
+
+- identity_rate: over the answers to identity probes, the share that name the persona and claim no other identity.
+- out_of_character_rate: share of answers that leak the assistant (the lexicon's patterns, a chat model's name).
+- identifiability: mean P(persona) of the answers under the persona-vs-base classifier.
+- copying_rate: share of answers that reuse training answers to other prompts nearly verbatim.
+- speech_level_rate: over the answers' sentences with a final ending, the share at the persona's dominant level.
+
 Scores are on sacrebleu's 0-100 scale for chrF, 0-1 shares for the rest.
 """
 
@@ -46,6 +54,11 @@ class Answer:
     dataset: str = ""
     task: str | None = None
     json_expected: bool = False
+    # Per-answer persona verdicts (None: not judged).
+    out_of_character: bool | None = None
+    persona_probability: float | None = None
+    copied: bool | None = None
+    speech: tuple[int, int] | None = None  # (sentences at the persona's level, sentences with a final ending)
 
 
 def _chrf():
@@ -131,6 +144,26 @@ def loop_rate(answers: list[str]) -> float | None:
     return mean(1.0 if has_loop(a) else 0.0 for a in answers)
 
 
+def share(flags: Iterable[bool | None]) -> float | None:
+    """Share of True among the judged (not None) flags."""
+    return mean(1.0 if f else 0.0 for f in flags if f is not None)
+
+
+def speech_level_rate(counts: Iterable[tuple[int, int] | None]) -> float | None:
+    counted = [c for c in counts if c is not None]
+    total = sum(n for _, n in counted)
+    return sum(m for m, _ in counted) / total if total else None
+
+
+def persona_scores(items: list[Answer]) -> dict[str, Any]:
+    """The persona metrics of `items` that were judged (absent when none was)."""
+    out = {"out_of_character_rate": share(i.out_of_character for i in items),
+           "identifiability": mean(i.persona_probability for i in items if i.persona_probability is not None),
+           "copying_rate": share(i.copied for i in items),
+           "speech_level_rate": speech_level_rate(i.speech for i in items)}  # fmt: skip
+    return {k: v for k, v in out.items() if v is not None}
+
+
 def score(items: list[Answer], persona_answers: list[str], language: str | None) -> dict[str, Any]:
     """Every metric over `items`; JSON metrics over the JSON-expected ones only (absent when none)."""
     answers = [i.answer for i in items]
@@ -144,6 +177,7 @@ def score(items: list[Answer], persona_answers: list[str], language: str | None)
         "length_ratio": length_ratio([i.answer for i in referenced], [i.reference for i in referenced]),
         "loop_rate": loop_rate(answers),
         "mean_answer_chars": mean(len(a) for a in answers),
+        **persona_scores(items),
     }
     if language:
         out["language"] = language

@@ -1,5 +1,6 @@
 """What `lfx eval` evaluates: the tuned model (a merged folder, a run's output, a full fine-tune, a run folder),
-its run record, the base it came from (checked to be that base), and the persona's system prompt."""
+its run record, the base it came from (checked to be that base), the persona's system prompt and who the persona
+is (the template's `persona:` block, kept in the run record)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from ..errors import LfxError
 from ..files import read_json
 from ..inference.generation import ADAPTER_CONFIG, adapter_base
 from ..models import resolve
+from ..persona.schema import Persona
 from ..record import output_root, read_run_file
+from ..validation import validate
 
 # Architecture fields a --base must share with the tuned model.
 SHAPE_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -29,6 +32,9 @@ class Target:
     record_path: Path
     base: Path
     system: str
+    persona: Persona | None = None
+    no_persona: str = ""  # why there is no persona, when there is none
+    run_dir: Path | None = None  # the rendered run folder `lfx eval` was given, if it was given one
 
 
 def find_model(path: str | Path) -> tuple[Path, str]:
@@ -98,4 +104,23 @@ def resolve_target(path: str | Path, base_arg: str | None) -> Target:
     system = str((record.get("template") or {}).get("default_system") or "")
     if not system:
         raise LfxError(f"{record_path}: field 'template.default_system': the run's template has no persona system prompt")
-    return Target(model, kind, record, record_path, base, system)
+    persona, why = persona_of(record, record_path)
+    run_dir = Path(path) if read_run_file(path) is not None else None
+    return Target(model, kind, record, record_path, base, system, persona, why, run_dir)
+
+
+def persona_of(record: dict[str, Any], record_path: Path) -> tuple[Persona | None, str]:
+    """The persona the run's template declares, as the run record keeps it; for a record from before lfx kept
+    it, the template file of that name in templates/. (None, why) when it declares none."""
+    template = record.get("template") or {}
+    name = template.get("name") or record["args"].get("template") or "(none)"
+    if "persona" in template:
+        data, where = template["persona"], f"{record_path}: field 'template.persona'"
+    else:
+        from ..persona.templates import load_specs
+
+        spec = load_specs().get(name)
+        data, where = (spec.persona.model_dump() if spec and spec.persona else None), f"templates/{name}.yaml"
+    if data is None:
+        return None, f"the run's template '{name}' declares no persona: block (name, aliases, languages)"
+    return validate(Persona, data, where), ""

@@ -10,6 +10,8 @@ the language the responses are written in (`lfx eval` measures the share of answ
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,3 +96,16 @@ def select(entries: dict[str, DatasetEntry], names: list[str] | None) -> list[Da
         if name not in entries:
             raise LfxError(f"unknown dataset '{name}' (known: {', '.join(sorted(entries))})")
     return [entries[name] for name in names]
+
+
+def fingerprint(entry: DatasetEntry) -> str:
+    """sha256 of what LLaMA-Factory reads for an entry: the entry itself and its local file, or every file of its
+    folder. A run records them (lfx_run.json `data_sha256`), so `lfx eval` rebuilds the run's split only from
+    that very data."""
+    digest = hashlib.sha256(json.dumps(entry.lf_info, sort_keys=True, ensure_ascii=False).encode())
+    path = entry.path
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path is not None and path.is_dir() else [path]
+    for file in files if path is not None and path.exists() else []:
+        digest.update(f"{file.relative_to(entry.directory).as_posix()}\n".encode())
+        digest.update(hashlib.sha256(file.read_bytes()).digest())
+    return digest.hexdigest()

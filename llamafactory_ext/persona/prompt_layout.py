@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ..errors import LfxError
 from .registration import get_template
+from .templates import describe_persona, load_specs
 
 
 def slot_text(elements: list, tokenizer) -> str:
@@ -75,8 +76,10 @@ def show(name: str, tokenizer_path: str | None = None, system: str | None = None
         tokenizer = open_tokenizer(tokenizer_path, "--tokenizer: not a tokenizer folder")
         template.fix_special_tokens(tokenizer)
     prompt, response = render_messages(template, SAMPLE_CONVERSATION, system, tokenizer)
+    spec = load_specs().get(name)
     lines = [f"# template: {name}", f"# default system: {template.default_system or '(none)'}",
-             f"# stop words: {', '.join(template.stop_words) or '(none)'}"]  # fmt: skip
+             f"# stop words: {', '.join(template.stop_words) or '(none)'}",
+             f"# persona: {describe_persona(spec.persona) if spec else '(a LLaMA-Factory built-in: none)'}"]  # fmt: skip
     if tokenizer is not None:
         prompt_ids, response_ids = template.encode_oneturn(tokenizer, SAMPLE_CONVERSATION, system)
         lines.append(f"# tokens: prompt {len(prompt_ids)} (masked in labels), response {len(response_ids)}")

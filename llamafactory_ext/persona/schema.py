@@ -65,14 +65,30 @@ class TemplateOverrides(Strict):
 FORMATTER_FIELDS = tuple(n for n in TemplateOverrides.model_fields if n.startswith("format_"))
 
 
+class Persona(Strict):
+    """Who the template makes the model: `lfx eval` counts an answer to "who are you?" as in character when it
+    names the persona (its name or an alias) and claims no other identity."""
+
+    name: Text = Field(description="the persona's name as users know it, e.g. 'Tony Stark'")
+    aliases: list[Text] = Field([], description="other names it answers to, in every language it speaks "
+                                                "(e.g. 'Tony', 'Iron Man', '토니 스타크', '아이언맨')")  # fmt: skip
+    languages: Annotated[list[Literal["ko", "en"]], Field(min_length=1)] = Field(
+        description="the languages it answers in (ko, en): its identity is probed in each")
+
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+
 class TemplateFile(Strict):
-    """templates/NAME.yaml: a LLaMA-Factory base template, the persona's system prompt, overrides."""
+    """templates/NAME.yaml: a LLaMA-Factory base template, the persona's system prompt, overrides, and who the
+    persona is."""
 
     name: Text
     base: Text
     description: StrictStr = ""
     default_system: StrictStr = ""
     overrides: TemplateOverrides = TemplateOverrides()
+    persona: Optional[Persona] = Field(None, description="name, aliases and languages of the persona (lfx eval's identity)")
 
     @field_validator("overrides", mode="before")
     @classmethod

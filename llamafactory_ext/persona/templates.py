@@ -1,8 +1,9 @@
 """Persona chat templates declared as YAML in templates/: read and validated, without torch or LLaMA-Factory.
 
-A template file names a LLaMA-Factory base template, a default system prompt and overrides of the
-base's fields. `persona.registration` adds a derived copy of the base to LLaMA-Factory's registry under the
-file's name; `persona.prompt_layout` lays conversations out with it.
+A template file names a LLaMA-Factory base template, a default system prompt, overrides of the
+base's fields, and who the persona is (`persona:` name, aliases, languages; `lfx eval` probes its identity).
+`persona.registration` adds a derived copy of the base to LLaMA-Factory's registry under the file's name;
+`persona.prompt_layout` lays conversations out with it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from ..files import read_yaml
 from ..paths import templates_dir
 from ..secrets import refuse as refuse_secrets
 from ..validation import validate
-from .schema import TemplateFile
+from .schema import Persona, TemplateFile
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class TemplateSpec:
     default_system: str = ""
     description: str = ""
     overrides: dict[str, Any] = field(default_factory=dict)
+    persona: Persona | None = None
 
 
 def load_spec(path: str | Path) -> TemplateSpec:
@@ -39,7 +41,8 @@ def load_spec(path: str | Path) -> TemplateSpec:
     if path.stem != spec.name:
         raise LfxError(f"{path}: field 'name': '{spec.name}' must match the file name '{path.stem}'")
     return TemplateSpec(name=spec.name, base=spec.base, path=path, default_system=spec.default_system,
-                        description=spec.description, overrides=spec.overrides.model_dump(exclude_none=True))  # fmt: skip
+                        description=spec.description, overrides=spec.overrides.model_dump(exclude_none=True),
+                        persona=spec.persona)  # fmt: skip
 
 
 def without_system_prompt(spec: TemplateSpec) -> str | None:
@@ -61,3 +64,10 @@ def load_specs(directory: str | Path | None = None) -> dict[str, TemplateSpec]:
         spec = load_spec(path)
         specs[spec.name] = spec
     return specs
+
+
+def describe_persona(persona: Persona | None) -> str:
+    """One line for `lfx templates`: who the persona is, or that the template declares nobody."""
+    if persona is None:
+        return "none declared (no persona: block; lfx eval skips its identity metric)"
+    return f"{persona.name} (also {', '.join(persona.aliases) or 'no alias'}; languages {', '.join(persona.languages)})"
