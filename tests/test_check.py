@@ -93,6 +93,23 @@ def test_check_does_not_need_a_gpu_or_write_anything(tiny_llama3, tmp_path):
     assert snapshot(tmp_path) == before
 
 
+def test_check_leaves_the_process_as_it_found_it(tiny_llama3, tmp_path):
+    """LLaMA-Factory judges a ZeRO-3 rank's arguments in this process: afterwards a model loads as before
+    (not inside deepspeed.zero.Init, which would look for MPI), and no process group or launch variable is left."""
+    import os
+
+    import torch.distributed as dist
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    environ = dict(os.environ)
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe_dict(tiny_llama3, launch={"zero_stage": 3}))
+    assert lfx("check", str(recipe)).exit_code == 0
+    assert not is_deepspeed_zero3_enabled() and not dist.is_initialized() and dict(os.environ) == environ
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama3)
+    assert not hasattr(next(model.parameters()), "ds_id")  # a plain tensor, not a ZeRO-3 partition
+
+
 def _add_entry(folder, name: str, entry: dict) -> None:
     info = json.loads((folder / "dataset_info.json").read_text(encoding="utf-8"))
     info[name] = entry

@@ -22,6 +22,7 @@ import linecache
 import os
 import re
 import socket
+import sys
 import tempfile
 import traceback
 from collections.abc import Callable, Iterator
@@ -159,6 +160,14 @@ def _one_process_of_a_run() -> Iterator[None]:
             dist.destroy_process_group()
         PartialState._reset_state()
         AcceleratorState._reset_state(True)
+        # TrainingArguments with a DeepSpeed config leave ZeRO-3 switched on for every later model load of this
+        # process (transformers' global HfDeepSpeedConfig), and DeepSpeed keeps its backend to the group destroyed
+        # above: a later load would call deepspeed.zero.Init and look for MPI.
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+        if "deepspeed.comm.comm" in sys.modules:
+            sys.modules["deepspeed.comm.comm"].cdb = None
         os.environ.clear()
         os.environ.update(saved)
 
