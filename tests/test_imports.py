@@ -107,13 +107,19 @@ def test_the_checker_sees_a_circle():
     assert _cycle({"a": {"b"}, "b": set()}) is None
 
 
+# Modules of the package that another environment's python runs, never lfx's (its libraries are that one's).
+RUN_ELSEWHERE = {"llamafactory_ext.vllm_args"}  # vLLM's python, for `lfx serve` (its docstring says so)
+
+
 def _third_party_imports() -> set[str]:
     """Top-level modules the package imports itself, anywhere in its source, that are neither ours nor the
     standard library's."""
     import sys
 
     found = set()
-    for path in _modules().values():
+    for name, path in _modules().items():
+        if name in RUN_ELSEWHERE:
+            continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and not node.level and node.module:
                 found.add(node.module.split(".")[0])
