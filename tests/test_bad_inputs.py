@@ -710,6 +710,8 @@ BY_CLASS_3 = {
                                                    f"{c.tmp / 'templates'}: the run folder would be written over")[1:],
     "output:compare_table_in_the_templates": lambda c: (["compare", "--before", str(c.tiny), "--after", str(c.merged), "--prompts",
                                                          _prompts(c), "-o", str(c.templates / "table.md")], "which lfx reads"),
+    "output:eval_report_into_the_datasets": lambda c: (["eval", str(c.merged), "--prompts", _prompts(c), "-o", str(c.data / "report")],
+                                                       "which lfx reads"),
     "output:register_into_the_templates": lambda c: (["datasets", "register", "--into", str(c.templates)], "which lfx reads"),
     # --force (and without it, anything existing) replaces only what the same command wrote
     "force:merge_over_a_folder_of_notes": lambda c: (["merge", str(c.adapter), "-o", _folder_with_notes(c), "--force"],

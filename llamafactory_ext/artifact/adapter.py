@@ -11,6 +11,7 @@ from typing import Any
 
 from ..errors import LfxError
 from ..files import read_json
+from ..validation import comma_list
 
 ADAPTER_CONFIG = "adapter_config.json"
 PREFIX = "base_model.model."
@@ -213,8 +214,7 @@ def stacked_adapters(record: dict[str, Any]) -> list[str]:
     (llamafactory/model/adapter.py, _setup_lora_tuning: every adapter_name_or_path but the last, which it
     resumes, or all of them with create_new_adapter; none are merged under ZeRO-3 or quantization)."""
     args = record.get("args") or {}
-    value = args.get("adapter_name_or_path")
-    adapters = [a.strip() for a in value.split(",") if a.strip()] if isinstance(value, str) else list(value or [])
+    adapters = [a for a in comma_list(args.get("adapter_name_or_path")) if a]
     mergeable = record.get("zero_stage") != 3 and not args.get("quantization_bit") and not args.get("use_unsloth")
     return adapters if args.get("create_new_adapter") and mergeable else adapters[:-1]
 

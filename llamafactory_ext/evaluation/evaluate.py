@@ -127,12 +127,14 @@ def run(path: str, base: str | None, prompts_file: str | None, url: str | None, 
         batch_size: int, show: int, as_json: bool, say: Callable[[str], None], note: Callable[[str], None],
         app_prompt: str | None = None) -> dict[str, Any]:  # fmt: skip
     """`lfx eval`: evaluate, write eval.json/md/png (into the model folder unless `out_dir`), print the summary."""
-    from ..files import dump_json
+    from ..files import dump_json, refuse_overwrite
 
     model, _ = find_model(path)
     out = Path(out_dir) if out_dir else model
     if out.exists() and not out.is_dir():
         raise LfxError(f"{out}: exists and is not a folder (-o names the folder for eval.json, eval.md, eval.png)")
+    if out_dir:  # the report goes beside the model by default; elsewhere, never over what lfx reads
+        refuse_overwrite(out, [prompts_file, base], "evaluation report")
     result = evaluate(path, base, prompts_file, url, max_new_tokens, batch_size, None if as_json else note, app_prompt, note)
     written = write_outputs(result, out)
     if as_json:

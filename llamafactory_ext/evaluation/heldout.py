@@ -23,6 +23,7 @@ from ..files import read_json
 from ..inference.prompts import Prompt, record_prompt
 from ..paths import datasets_dir
 from ..persona.dataset_entries import INFO_FILE, DatasetEntry, dataset_names, fingerprint, load_entries
+from ..persona.dataset_records import val_split
 from ..record import RUN_FILE
 
 
@@ -80,12 +81,12 @@ def _same_data(folder: Path, sums: dict[str, Any]) -> bool:
 def _entry(name: str, folder: Path, where: str) -> DatasetEntry:
     """The entry the run read, from its data folder; our `lfx` keys (the responses' language, JSON output) from our
     own entry when the run's lacks them."""
-    entries = load_entries(folder)
+    entries = load_entries(folder, names=[name])
     if name not in entries:
         raise LfxError(f"{where}: field 'args.dataset': dataset '{name}' not found in the run's data {folder}")
     entry = entries[name]
     if "lfx" not in entry.info and (datasets_dir() / INFO_FILE).is_file():
-        ours = load_entries()
+        ours = load_entries(names=[name])
         if name in ours and "lfx" in ours[name].info:
             entry = DatasetEntry(name, {**entry.info, "lfx": ours[name].info["lfx"]}, entry.directory)
     return entry
@@ -150,15 +151,9 @@ def held_out(record: dict[str, Any], record_path: Path, run_dir: Path | None = N
             infos.append(info)
         source = f"eval_dataset {', '.join(evals)}"
     else:
-        from datasets import Dataset
-
-        size = int(val_size) if val_size > 1 else val_size
-        try:
-            split = Dataset.from_dict({"i": list(range(len(train)))}).train_test_split(test_size=size, seed=seed)
-        except ValueError as err:
-            raise LfxError(f"{where}: field 'args.val_size': {' '.join(str(err).split())}") from None
-        test = [train[i] for i in split["test"]["i"]]
-        train = [train[i] for i in split["train"]["i"]]
+        kept, held = val_split(len(train), val_size, seed, f"{where}: field 'args.val_size'")
+        test = [train[i] for i in held]
+        train = [train[i] for i in kept]
         source = f"val_size {args['val_size']} split of {args.get('dataset')} (seed {seed})"
     return EvalSet(test, train, _language(infos), source, data)
 

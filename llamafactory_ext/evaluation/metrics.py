@@ -32,13 +32,11 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-# Letters that count as "in the language": a Korean persona writes Hangul (syllables and jamo), an
-# English one Latin letters. Every other letter (Han, kana, Cyrillic...) counts against both.
-SCRIPTS = {
-    "ko": re.compile(r"[\u1100-\u11ff\u3130-\u318f\uac00-\ud7a3]"),
-    "en": re.compile(r"[A-Za-z]"),
-}
-LANGUAGES = tuple(SCRIPTS)
+from ..persona.schema import LANGUAGE_LETTERS
+
+# Letters that count as "in the language" (declared with the languages a dataset may name): every other letter
+# (Han, kana, Cyrillic...) counts against both.
+SCRIPTS = {language: re.compile(letters) for language, letters in LANGUAGE_LETTERS.items()}
 LOOP_NGRAM = 4
 LOOP_TIMES = 3
 

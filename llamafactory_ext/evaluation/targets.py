@@ -12,7 +12,7 @@ from .. import record as run_record
 from ..errors import LfxError
 from ..files import read_json
 from ..inference.generation import ADAPTER_CONFIG, adapter_base
-from ..models import resolve
+from ..models import NOT_A_MODEL, folder_kind, resolve
 from ..persona.schema import Persona
 from ..record import output_root, read_run_file
 from ..validation import validate
@@ -47,12 +47,10 @@ def find_model(path: str | Path) -> tuple[Path, str]:
         roots = list(dict.fromkeys([output_root(path), path]))
     for root in roots:
         for candidate in (root, root / "merged", root / "output"):
-            if (candidate / ADAPTER_CONFIG).is_file():
-                return candidate, "adapter"
-            if (candidate / "config.json").is_file():
-                return candidate, "merged"
-    raise LfxError(f"{path}: neither a model folder (config.json), a LoRA adapter (adapter_config.json) nor a run "
-                   "folder with outputs")  # fmt: skip
+            kind = folder_kind(candidate)
+            if kind is not None:
+                return candidate, "adapter" if kind == "adapter" else "merged"
+    raise LfxError(f"{path}: {NOT_A_MODEL}, nor a run folder with outputs")
 
 
 def _config(folder: Path) -> dict[str, Any]:

@@ -247,11 +247,9 @@ def after_only(run_dir: str, checkpoint: str | None, dry: bool) -> int:
 
 def trained_kind(folder: Path) -> str | None:
     """What training left: 'adapter' (LoRA, merged into its base), 'model' (full or freeze: the model itself)."""
-    if (folder / "adapter_config.json").is_file():
-        return "adapter"
-    if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
-        return "model"
-    return None
+    from ..models import folder_kind  # stdlib only, as everything a bare pod python imports here
+
+    return folder_kind(folder)
 
 
 def run_logged(argv: list[str], env: dict[str, str], sinks: list[TextIO]) -> int:

@@ -13,6 +13,7 @@ from typing import Callable
 from .. import record as run_record
 from ..errors import LfxError
 from ..hub import check_repo_id, token
+from ..models import NOT_A_MODEL, folder_kind
 from .card import build_card
 from .selection import Item, check, items, local_paths
 
@@ -24,14 +25,15 @@ def source_folder(folder: str | Path, adapter_only: bool) -> tuple[Path, str]:
     folder = Path(folder)
     if not folder.is_dir():
         raise LfxError(f"{folder}: folder not found")
-    if (folder / "adapter_config.json").is_file():
+    kind = folder_kind(folder)
+    if kind == "adapter":
         return folder, "adapter"
-    if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
-        raise LfxError(f"{folder}: neither a model (config.json + *.safetensors) nor a LoRA adapter")
+    if kind is None:
+        raise LfxError(f"{folder}: {NOT_A_MODEL}")
     merge = run_record.read_merge(folder)
     if adapter_only:
         adapter = Path(merge.get("adapter", "")) if merge else None
-        if adapter is None or not (adapter / "adapter_config.json").is_file():
+        if adapter is None or folder_kind(adapter) != "adapter":
             raise LfxError(f"{folder / run_record.MERGE_RECORD}: --adapter-only: the adapter this model was merged from "
                            "is not recorded or gone")  # fmt: skip
         return adapter, "adapter"
