@@ -170,10 +170,21 @@ def test_the_tokenizer_rewrite_is_atomic_and_never_fails_a_finished_training(iro
     train.portable_tokenizer(config)  # a base that cannot be fetched: a warning, not a failed run
     err = capsys.readouterr().err
     assert "warning: training finished, but the tokenizer in" in err and f"lfx portable-tokenizer {out}" in err
+    # A base whose eos is <|end_of_text|>, as Llama-3 base models ship it: only the template's stop word makes it <|eot_id|>.
+    base = tmp_path / "llama3-base"
+    shutil.copytree(ironman_run["config"]["model_name_or_path"], base)
+    base_config = json.loads((base / "tokenizer_config.json").read_text())
+    (base / "tokenizer_config.json").write_text(json.dumps({**base_config, "eos_token": "<|end_of_text|>"}))
+    run_record = json.loads((out / "lfx_run.json").read_text())
+    run_record["args"]["model_name_or_path"] = str(base)
+    (out / "lfx_run.json").write_text(json.dumps(run_record))
+    from transformers import AutoTokenizer as Tokenizers
+
+    assert Tokenizers.from_pretrained(str(base)).eos_token == "<|end_of_text|>"
     result = lfx("portable-tokenizer", str(out))
     assert result.exit_code == 0, result.output  # the run record names the real base: redone
-    assert json.loads((out / "tokenizer_config.json").read_text())["eos_token"] in ("<|eot_id|>", {"content": "<|eot_id|>"}) or \
-        "<|eot_id|>" in (out / "tokenizer_config.json").read_text()
+    rewritten = Tokenizers.from_pretrained(str(out))
+    assert rewritten.eos_token == "<|eot_id|>" and rewritten.chat_template
 
 
 def test_a_stacked_merge_carries_the_new_runs_record_never_the_bases(merged_ironman, tmp_path):
