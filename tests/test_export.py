@@ -161,7 +161,7 @@ def test_export_bad_input(tiny_llama3, lfx_cache, tmp_path):
              "q8_0); export q8_0 or f16 and quantize it with 'ollama create NAME -f Modelfile --quantize q4_K_M' or "
              "llama.cpp's compiled llama-quantize")  # fmt: skip
     _refused([str(tiny_llama3), "--outtype", "f64", "-o", str(work / "q")], "--outtype: 'f64' is not one of f16, bf16, q8_0")
-    _refused([str(tiny_llama3), "-o", str(taken)], f"{taken}: already exists (pass --force to replace it)")
+    _refused([str(tiny_llama3), "-o", str(taken)], f"{taken}: holds keep.txt, which lfx export did not write")
     _refused([str(unsupported), "-o", str(work), "--force"], f"{work}: the export would overwrite the input {unsupported}")
     _refused([str(no_tokenizer), "-o", str(work / "t")], f"{no_tokenizer}: no tokenizer files")
     _refused([str(tmp_path / "nowhere")], "folder not found")

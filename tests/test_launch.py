@@ -194,13 +194,13 @@ def test_background_run_writes_to_the_workspace_volume_and_stops_the_pod(tiny_re
     env = {"LFX_WORKSPACE": str(workspace), "RUNPOD_STOP_WHEN_DONE": "1", "RUNPOD_POD_ID": "pod-123",
            "PATH": f"{bin_dir}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
     start = time.monotonic()
-    proc = subprocess.run([str(run / "train_sft.sh"), "--background"], capture_output=True, text=True, timeout=60,
+    proc = subprocess.run([str(run / "train_sft.sh"), "--background"], capture_output=True, text=True, timeout=240,
                           env={**os.environ, "LFX_DEVICE": "cpu", "MIN_FREE_DISK_GB": "1", **env})  # fmt: skip
     run_id = json.loads((run / "run.json").read_text())["run_id"]
     assert run_id.startswith("tiny-")
     out = workspace / "lfx-runs" / run_id / "output"
     assert proc.returncode == 0 and f"tail -f {out.parent}/train.log" in proc.stdout
-    assert time.monotonic() - start < 30  # it did not wait for training
+    assert not (out / "adapter_model.safetensors").exists()  # it returned before training wrote its adapter
     while not stopped.exists() and time.monotonic() - start < 540:
         time.sleep(2)
     log = out.parent / "train.log"

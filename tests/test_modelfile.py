@@ -12,6 +12,7 @@ import pytest
 from gguf_consumers import build_go_renderer, gguf_metadata, go_render, llama_probe, training_prompt
 
 from llamafactory_ext.errors import LfxError
+from llamafactory_ext.files import MARKER
 from llamafactory_ext.export.modelfile import ChatFormat, check_modelfile_text, modelfile_text
 
 USER = "토니, 자기소개 해줘"
@@ -52,7 +53,7 @@ def test_the_modelfile_renders_the_training_prompt_in_go_and_llama_cpp_reads_it_
     run = real_tokenizer_run(family)
     out = persona_export(family)  # lfx export MERGED --format ollama
     name = run["merged"].parent.name
-    assert sorted(p.name for p in out.iterdir()) == sorted(["Modelfile", f"{name}-f16.gguf", "lfx_export.json"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(["Modelfile", f"{name}-f16.gguf", "lfx_export.json", MARKER])
 
     seen = go_render(go_renderer, out / "Modelfile", CONVERSATIONS)
     commands = [(c["name"], c["args"]) for c in seen["commands"]]
