@@ -386,7 +386,8 @@ def test_generate_caps_each_conversation_as_a_server_with_that_window_would(spli
     together = generation.generate(model, tokenizer, convs, 12, limits=[2, 12, 5])
     alone = [generation.generate(model, tokenizer, [c], n)[0] for c, n in zip(convs, (2, 12, 5))]
     assert together == alone
-    assert len(tokenizer(together[0].text, add_special_tokens=False)["input_ids"]) <= 2
+    uncapped = generation.generate(model, tokenizer, convs[:1], 12)[0]
+    assert not together[0].stopped and len(together[0].text) < len(uncapped.text)  # the cap, not the model, ended it
 
 
 def test_eval_asks_within_the_runs_context_and_skips_turn_3_that_does_not_fit(split_run, tmp_path):
@@ -405,8 +406,8 @@ def test_eval_asks_within_the_runs_context_and_skips_turn_3_that_does_not_fit(sp
     record, record_path = load(merged)
     prompts = held_out(record, record_path, None).prompts
     tokenizer = load_tokenizer(merged)
-    single = prompt_lengths(tokenizer, [[{"role": "system", "content": "You are a helpful assistant."}, *p.messages]
-                                        for p in prompts])  # fmt: skip
+    systems = ("You are a helpful assistant.", record["template"]["default_system"])  # generic; prompted base, tuned
+    single = prompt_lengths(tokenizer, [[{"role": "system", "content": s}, *p.messages] for p in prompts for s in systems])
     turn3 = prompt_lengths(tokenizer, [exchanges(prompts, i + 1) + list(p.messages) for i, p in enumerate(prompts)])
     context = max(single) + MIN_ROOM + 8
     assert max(turn3) > context - MIN_ROOM  # the question at turn 3 does not fit; at turn 1 it does

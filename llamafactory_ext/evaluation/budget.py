@@ -28,12 +28,21 @@ class Budget:
         """New tokens each conversation may have: max_new_tokens, or what the context leaves after its prompt."""
         return [min(self.max_new_tokens, self.context - n) for n in lengths]
 
+    @property
+    def least(self) -> int:
+        """The fewest new tokens a conversation must have room for to be asked."""
+        return min(MIN_ROOM, self.max_new_tokens)
+
+    def room(self, n: int) -> bool:
+        """Whether a prompt of `n` tokens leaves enough of the context for an answer."""
+        return self.context - n >= self.least
+
     def fits(self, lengths: list[int]) -> bool:
-        return all(room >= MIN_ROOM for room in self.limits(lengths))
+        return all(self.room(n) for n in lengths)
 
     def beyond(self, what: str, lengths: list[int]) -> str:
         """Why `what` is not asked: its longest prompt against the context."""
-        return (f"{what} need up to {max(lengths)} prompt tokens and {MIN_ROOM} for an answer, beyond the run's "
+        return (f"{what} need up to {max(lengths)} prompt tokens and {self.least} for an answer, beyond the run's "
                 f"context of {self.context} tokens (cutoff_len)")
 
 
@@ -55,16 +64,16 @@ def fit(budget: Budget, tokenizers: dict, variants: list[Variant], prompts: list
     held-out prompts did not; a skipped condition goes into `skipped` with why."""
     core = [v for v in variants if v.key in CORE]
 
-    def fitting(make) -> list[bool]:  # per conversation: does it fit in every core variant
-        rows = [budget.limits(prompt_lengths(tokenizers[v.model], make(v))) for v in core]
-        return [all(room[i] >= MIN_ROOM for room in rows) for i in range(len(rows[0]))]
+    def longest(make) -> list[int]:  # per conversation: its prompt tokens in the core variant where it is longest
+        rows = [prompt_lengths(tokenizers[v.model], make(v)) for v in core]
+        return [max(lengths[i] for lengths in rows) for i in range(len(rows[0]))]
 
-    ok = fitting(lambda v: heldout_conversations(v, prompts))
-    kept = [p for p, fits in zip(prompts, ok) if fits]
+    lengths = longest(lambda v: heldout_conversations(v, prompts))
+    kept = [p for p, n in zip(prompts, lengths) if budget.room(n)]
     if not kept:
-        lengths = prompt_lengths(tokenizers["tuned"], heldout_conversations(core[-1], prompts))
         raise LfxError(budget.beyond("the held-out prompts", lengths))
-    probes = [q for q, fits in zip(probes, fitting(lambda v: probe_conversations(v, probes, kept))) if fits] if probes else []
+    if probes:
+        probes = [q for q, n in zip(probes, longest(lambda v: probe_conversations(v, probes, kept))) if budget.room(n)]
     out = []
     for v in variants:
         if v.key in OPTIONAL:
@@ -75,5 +84,5 @@ def fit(budget: Budget, tokenizers: dict, variants: list[Variant], prompts: list
                 continue
         out.append(v)
     lengths = prompt_lengths(tokenizers["base"], [list(p.messages) for p in sample])
-    sample = [p for p, room in zip(sample, budget.limits(lengths)) if room >= MIN_ROOM]
+    sample = [p for p, n in zip(sample, lengths) if budget.room(n)]
     return kept, out, probes, sample, len(prompts) - len(kept)

@@ -23,7 +23,7 @@ from ..inference import generation, openai_client
 from ..inference.prompts import Answer, read_prompts_file
 from .. import record as run_record
 from . import conditions, judging
-from .budget import MIN_ROOM, Budget, fit, prompt_lengths
+from .budget import Budget, fit, prompt_lengths
 from .heldout import EvalSet, held_out, training_records
 from .lexicon import load_lexicon
 from .report import report, summary, write_outputs
@@ -130,7 +130,7 @@ def evaluate(path: str | Path, base: str | None = None, prompts_file: str | None
     if beyond:
         judges.config["prompts_beyond_context"] = beyond
     if beyond and note:
-        note(f"lfx eval: left out {beyond} held-out prompts that leave under {MIN_ROOM} tokens of the run's context "
+        note(f"lfx eval: left out {beyond} held-out prompts that leave under {budget.least} tokens of the run's context "
              f"({budget.context}) for an answer")  # fmt: skip
     if skipped and note:
         reasons: dict[str, list[str]] = {}
