@@ -397,7 +397,8 @@ def eval_command(model_path, base, prompts_file, url, out_dir, as_json, max_new_
 @click.option("--python", "python", default=None, help="python of vLLM's environment (default: LFX_VLLM_PYTHON, or vllm on PATH).")
 @click.option("--max-model-len", type=click.IntRange(min=16), default=None, help="Default: what fits the model and this machine.")
 @click.option("--wait", type=click.FloatRange(min=1), default=900, show_default=True, help="Seconds to wait for the server to be ready.")
-@click.option("--dry-run", is_flag=True, help="Print the vLLM command and exit.")
+@click.option("--dry-run", is_flag=True, help="Make the same checks (vLLM's python included), print the vLLM command and "
+              "exit; start nothing.")
 @no_key_option("VLLM_API_KEY")
 @click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED)
 def serve(target, port, host, name, base, python, max_model_len, wait, dry_run, vllm_args):

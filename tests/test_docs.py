@@ -412,3 +412,13 @@ def test_help_texts_parse_and_name_no_missing_thing():
             named = named.rstrip(".")
             if "NAME" not in named and "*" not in named:
                 assert (REPO / named).exists(), f"lfx {' '.join(path)} --help names {named}, which does not exist"
+
+
+def test_serve_dry_run_checks_as_its_help_says(tiny_llama3):
+    """`lfx serve --dry-run` makes the checks a start makes, vLLM's python among them, before printing anything."""
+    from conftest import lfx, one_line_error
+
+    help_text = " ".join(lfx("serve", "--help").output.split())
+    assert "Make the same checks (vLLM's python included), print the vLLM command and exit; start nothing." in help_text
+    result = lfx("serve", str(tiny_llama3), "--python", "/nonexistent/python", "--dry-run")
+    one_line_error(result.exit_code, result.stderr, "--python: /nonexistent/python: no such python")
