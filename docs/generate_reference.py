@@ -131,7 +131,8 @@ def commands(group: click.Group, parent: click.Context) -> list[tuple[str, str]]
         command = group.get_command(parent, name)
         if command is None or command.hidden:
             continue
-        ctx = click.Context(command, info_name=name, parent=parent, terminal_width=WIDTH, max_content_width=WIDTH)
+        settings = {**command.context_settings, "terminal_width": WIDTH, "max_content_width": WIDTH}
+        ctx = click.Context(command, info_name=name, parent=parent, **settings)
         found.append((ctx.command_path, command.get_help(ctx)))
         if isinstance(command, click.Group):
             found += commands(command, ctx)
@@ -141,7 +142,8 @@ def commands(group: click.Group, parent: click.Context) -> list[tuple[str, str]]
 def command_sections() -> list[str]:
     from llamafactory_ext.cli import main
 
-    root = click.Context(main, info_name="lfx", terminal_width=WIDTH, max_content_width=WIDTH)
+    # As `lfx` makes its context (its context_settings: -h as well as --help), at a fixed width.
+    root = click.Context(main, info_name="lfx", **{**main.context_settings, "terminal_width": WIDTH, "max_content_width": WIDTH})
     out = ["### lfx", "", "```text", main.get_help(root), "```", ""]
     for path, text in commands(main, root):
         out += [f"### {path}", "", "```text", text, "```", ""]

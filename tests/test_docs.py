@@ -20,6 +20,7 @@ writes, and the --help texts say what the code does.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import json
 import os
@@ -368,8 +369,9 @@ def test_reference_is_current():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     text = module.render()
-    assert (REPO / "docs" / "reference.md").read_text(encoding="utf-8") == text, \
-        "docs/reference.md is stale: run `make docs` (python docs/generate_reference.py)"
+    written = (REPO / "docs" / "reference.md").read_text(encoding="utf-8")
+    diff = "\n".join(difflib.unified_diff(written.splitlines(), text.splitlines(), "docs/reference.md", "generated", lineterm=""))
+    assert written == text, f"docs/reference.md is stale: run `make docs` (python docs/generate_reference.py)\n{diff[:3000]}"
     from llamafactory_ext.cli import main
 
     for name, command in main.commands.items():
