@@ -13,7 +13,7 @@ DATASET ?= ironman
 RUN_DIR ?= runs/$(DATASET)
 TRAIN_OPTS = $(if $(MODEL),--preset $(MODEL)) $(if $(GPUS),--gpus $(GPUS)) $(if $(STAGE),--zero-stage $(STAGE)) $(if $(LAUNCHER),--launcher $(LAUNCHER))
 
-.PHONY: install demo train test bench clean
+.PHONY: install demo train test docs bench clean
 
 install: $(STAMP)
 
@@ -63,6 +63,10 @@ train: install
 TEST_WORKERS ?= 2
 test: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest tests -n $(TEST_WORKERS) --durations=25
+
+# docs/reference.md from the schemas' field descriptions and the commands' --help (tests/test_docs.py checks it).
+docs: install
+	$(BIN)/python docs/generate_reference.py
 
 bench: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python tests/benchmarks/bench_cli_startup.py

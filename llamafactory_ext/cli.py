@@ -84,7 +84,8 @@ def no_key_option(variable: str):
 @click.group(cls=LfxGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="llamafactory-ext")
 def main():
-    """Persona fine-tuning with LLaMA-Factory and DeepSpeed: templates, datasets, training."""
+    """Persona fine-tuning with LLaMA-Factory and DeepSpeed: templates, datasets, check, plan, render, train,
+    merge, eval, chat, serve, export, upload. Documentation: README.md and docs/ in the checkout."""
 
 
 # --- the persona as data ---------------------------------------------------------------------------
@@ -390,12 +391,14 @@ def eval_command(model_path, base, prompts_file, url, out_dir, as_json, max_new_
 @click.argument("target", metavar="MODEL_OR_ADAPTER", type=click.Path())
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 to serve other machines.")
-@click.option("--name", default=None, help="Served model name (default: the run's folder name).")
+@click.option("--name", default=None, help="Served model name (default: the run's name from its run record, e.g. "
+              "demo_smollm2; else the nearest folder name that is not output, merged, run or checkpoint-N).")
 @click.option("--base", default=None, help="An adapter's base model, when not where adapter_config.json says.")
 @click.option("--python", "python", default=None, help="python of vLLM's environment (default: LFX_VLLM_PYTHON, or vllm on PATH).")
 @click.option("--max-model-len", type=click.IntRange(min=16), default=None, help="Default: what fits the model and this machine.")
 @click.option("--wait", type=click.FloatRange(min=1), default=900, show_default=True, help="Seconds to wait for the server to be ready.")
-@click.option("--dry-run", is_flag=True, help="Print the vLLM command and exit.")
+@click.option("--dry-run", is_flag=True, help="Make the same checks (vLLM's python included), print the vLLM command and "
+              "exit; start nothing.")
 @no_key_option("VLLM_API_KEY")
 @click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED)
 def serve(target, port, host, name, base, python, max_model_len, wait, dry_run, vllm_args):

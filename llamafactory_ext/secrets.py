@@ -10,9 +10,10 @@ arguments, and any key named like one); its shape (`SHAPES`: today's keys of the
 and, for kinds no list knows, what it is: a value under a credential-named key in text, or a long random token,
 by detect-secrets' keyword and high-entropy plugins (and its own shape plugins).
 
-The shapes and the redactor are standard library only: `train_sft.sh --background` pipes its log through
-`python -m llamafactory_ext.secrets redact` on a fresh pod before the package's dependencies (detect-secrets
+The shapes and the redactor are standard library only: a run's start (run/start.py) redacts the launcher's output
+on its way to the terminal and train.log, also on a fresh pod before the package's dependencies (detect-secrets
 among them) are installed; there, and wherever detect-secrets is missing, the shapes alone decide.
+`python -m llamafactory_ext.secrets redact` is the same redactor as a filter (stdin to stdout).
 """
 
 from __future__ import annotations

@@ -57,7 +57,8 @@ CONVERSATIONS = {
 # consumers (llama.cpp, vLLM, transformers 4 on the real tokenizers' runs). The grouping is ours, by file:
 # xdist's own `--dist loadgroup` marks stopped working with pytest 9.2 (pytest-xdist issue 1386).
 XDIST_GROUPS = {"test_eval_demo.py": "demo", "test_export_demo.py": "demo",
-                "test_compat.py": "consumers", "test_export.py": "consumers", "test_modelfile.py": "consumers"}  # fmt: skip
+                "test_compat.py": "consumers", "test_export.py": "consumers", "test_modelfile.py": "consumers",
+                "test_docs.py": "docs"}  # fmt: skip (a page's examples run in order in one copy of the checkout)
 FIRST = ("demo", "consumers")
 
 

@@ -20,8 +20,8 @@ class Strict(BaseModel):
 class SpecialSlot(Strict):
     """A slot of LLaMA-Factory's formatters that is not text: the tokenizer's bos/eos, or a named token."""
 
-    special: Optional[Literal["bos_token", "eos_token"]] = None
-    token: Optional[Text] = None
+    special: Optional[Literal["bos_token", "eos_token"]] = Field(None, description="The tokenizer's bos or eos token.")
+    token: Optional[Text] = Field(None, description="A special token by its text, e.g. '<|eot_id|>'.")
 
     @model_validator(mode="after")
     def one_kind(self):
@@ -34,26 +34,31 @@ Slot = Annotated[Union[StrictStr, SpecialSlot], Field(description="a string, {sp
 
 
 class Formatter(Strict):
-    slots: Annotated[list[Slot], Field(min_length=1)]
+    slots: Annotated[list[Slot], Field(min_length=1)] = Field(description="What the formatter writes, in order: strings "
+                                                              "with `{{content}}`, and special slots.")
 
 
 class TemplateOverrides(Strict):
     """Fields of llamafactory.data.template.Template a template file may override (tests check they exist there)."""
 
-    format_user: Optional[Formatter] = None
-    format_assistant: Optional[Formatter] = None
-    format_system: Optional[Formatter] = None
-    format_function: Optional[Formatter] = None
-    format_observation: Optional[Formatter] = None
-    format_prefix: Optional[Formatter] = None
-    stop_words: Optional[list[Text]] = None
-    thought_words: Optional[list[StrictStr]] = None
-    tool_call_words: Optional[list[StrictStr]] = None
-    efficient_eos: Optional[StrictBool] = None
-    replace_eos: Optional[StrictBool] = None
-    replace_jinja_template: Optional[StrictBool] = None
-    enable_thinking: Optional[StrictBool] = None
-    preserve_thinking: Optional[StrictBool] = None
+    format_user: Optional[Formatter] = Field(None, description="How a user turn is written: `{slots: [...]}`.")
+    format_assistant: Optional[Formatter] = Field(None, description="How an assistant turn is written.")
+    format_system: Optional[Formatter] = Field(None, description="How the system prompt is written.")
+    format_function: Optional[Formatter] = Field(None, description="How a tool call is written.")
+    format_observation: Optional[Formatter] = Field(None, description="How a tool result is written.")
+    format_prefix: Optional[Formatter] = Field(None, description="What opens every conversation (e.g. the bos token).")
+    stop_words: Optional[list[Text]] = Field(None, description="Stop words; the first is the persona's eos in the saved "
+                                             "tokenizer and the first eos id servers stop on.")
+    thought_words: Optional[list[StrictStr]] = Field(None, description="The two markers around a reasoning part.")
+    tool_call_words: Optional[list[StrictStr]] = Field(None, description="The two markers around a tool call.")
+    efficient_eos: Optional[StrictBool] = Field(None, description="LLaMA-Factory's efficient_eos: the eos token only "
+                                                "after the assistant's last turn.")
+    replace_eos: Optional[StrictBool] = Field(None, description="Make the first stop word the tokenizer's eos (needs one).")
+    replace_jinja_template: Optional[StrictBool] = Field(None, description="Write this template, persona system prompt "
+                                                         "included, into the saved tokenizer's chat template.")
+    enable_thinking: Optional[StrictBool] = Field(None, description="LLaMA-Factory's enable_thinking for reasoning "
+                                                  "templates.")
+    preserve_thinking: Optional[StrictBool] = Field(None, description="Keep earlier turns' reasoning in the prompt.")
 
     @model_validator(mode="after")
     def stop_word_for_eos(self):
@@ -83,11 +88,14 @@ class TemplateFile(Strict):
     """templates/NAME.yaml: a LLaMA-Factory base template, the persona's system prompt, overrides, and who the
     persona is."""
 
-    name: Text
-    base: Text
-    description: StrictStr = ""
-    default_system: StrictStr = ""
-    overrides: TemplateOverrides = TemplateOverrides()
+    name: Text = Field(description="The template's name; must match the file name.")
+    base: Text = Field(description="A LLaMA-Factory built-in template it derives from (a deep copy; the built-in is "
+                       "never edited).")
+    description: StrictStr = Field("", description="One line `lfx templates list` shows.")
+    default_system: StrictStr = Field("", description="The persona's system prompt (empty: a one-line warning from "
+                                      "every command that reads a recipe).")
+    overrides: TemplateOverrides = Field(TemplateOverrides(), description="Fields of LLaMA-Factory's Template to "
+                                         "replace (below).")
     persona: Optional[Persona] = Field(None, description="name, aliases and languages of the persona (lfx eval's identity)")
 
     @field_validator("overrides", mode="before")
@@ -110,58 +118,63 @@ LANGUAGES = tuple(LANGUAGE_LETTERS)
 class Columns(Strict):
     """`columns` of a dataset_info entry: record field names (llamafactory/data/parser.py, DatasetAttr)."""
 
-    prompt: Optional[Text] = None
-    query: Optional[Text] = None
-    response: Optional[Text] = None
-    history: Optional[Text] = None
-    messages: Optional[Text] = None
-    system: Optional[Text] = None
-    tools: Optional[Text] = None
-    images: Optional[Text] = None
-    videos: Optional[Text] = None
-    audios: Optional[Text] = None
-    chosen: Optional[Text] = None
-    rejected: Optional[Text] = None
-    kto_tag: Optional[Text] = None
+    prompt: Optional[Text] = Field(None, description="alpaca: the instruction field (default instruction).")
+    query: Optional[Text] = Field(None, description="alpaca: the input field (default input).")
+    response: Optional[Text] = Field(None, description="alpaca: the answer field (default output).")
+    history: Optional[Text] = Field(None, description="alpaca: earlier [prompt, answer] pairs.")
+    messages: Optional[Text] = Field(None, description="sharegpt/openai: the conversation (default conversations).")
+    system: Optional[Text] = Field(None, description="The system prompt field.")
+    tools: Optional[Text] = Field(None, description="The tool descriptions field.")
+    images: Optional[Text] = Field(None, description="Image paths (multimodal).")
+    videos: Optional[Text] = Field(None, description="Video paths (multimodal).")
+    audios: Optional[Text] = Field(None, description="Audio paths (multimodal).")
+    chosen: Optional[Text] = Field(None, description="Ranking: the preferred answer.")
+    rejected: Optional[Text] = Field(None, description="Ranking: the other answer.")
+    kto_tag: Optional[Text] = Field(None, description="KTO: the good/bad label.")
 
 
 class Tags(Strict):
     """`tags` of a sharegpt entry: the role and content keys and role names of its messages."""
 
-    role_tag: Optional[Text] = None
-    content_tag: Optional[Text] = None
-    user_tag: Optional[Text] = None
-    assistant_tag: Optional[Text] = None
-    observation_tag: Optional[Text] = None
-    function_tag: Optional[Text] = None
-    system_tag: Optional[Text] = None
+    role_tag: Optional[Text] = Field(None, description="The key of a message's role (default from).")
+    content_tag: Optional[Text] = Field(None, description="The key of its text (default value).")
+    user_tag: Optional[Text] = Field(None, description="The user's role name (default human).")
+    assistant_tag: Optional[Text] = Field(None, description="The assistant's role name (default gpt).")
+    observation_tag: Optional[Text] = Field(None, description="A tool result's role name.")
+    function_tag: Optional[Text] = Field(None, description="A tool call's role name.")
+    system_tag: Optional[Text] = Field(None, description="The system prompt's role name.")
 
 
 class LfxKeys(Strict):
     """Our key in an entry, which LLaMA-Factory ignores: JSON-output responses and the responses' language."""
 
-    json_output: Union[StrictBool, dict[str, list]] = Field(False, description="true, false or {FIELD: [VALUES]}")
-    language: Optional[Literal[LANGUAGES]] = None
+    json_output: Union[StrictBool, dict[str, list]] = Field(False, description="Every response must be JSON (true), "
+                                                            "or those of records whose FIELD is one of VALUES "
+                                                            "({FIELD: [VALUES]}); `lfx eval` scores JSON validity.")
+    language: Optional[Literal[LANGUAGES]] = Field(None, description="The language the responses are written in (ko, "
+                                                   "en); `lfx eval` measures the share of answers in it.")
 
 
 class DatasetInfoEntry(Strict):
     """One entry of dataset_info.json in LLaMA-Factory's vocabulary (llamafactory/data/parser.py, DatasetAttr)."""
 
-    file_name: Optional[Text] = None
-    hf_hub_url: Optional[Text] = None
-    ms_hub_url: Optional[Text] = None
-    om_hub_url: Optional[Text] = None
-    script_url: Optional[Text] = None
-    cloud_file_name: Optional[Text] = None
-    formatting: Literal["alpaca", "sharegpt", "openai"] = "alpaca"
-    ranking: StrictBool = False
-    subset: Optional[Text] = None
-    split: Optional[Text] = None
-    folder: Optional[Text] = None
-    num_samples: Optional[Annotated[StrictInt, Field(gt=0)]] = None
-    columns: Optional[Columns] = None
-    tags: Optional[Tags] = None
-    lfx: Optional[LfxKeys] = None
+    file_name: Optional[Text] = Field(None, description="A file or folder relative to dataset_info.json (no `..`, no "
+                                      "`~`), or an absolute path (copied into a run's snapshot).")
+    hf_hub_url: Optional[Text] = Field(None, description="A Hugging Face Hub dataset id.")
+    ms_hub_url: Optional[Text] = Field(None, description="A ModelScope dataset id.")
+    om_hub_url: Optional[Text] = Field(None, description="A Modelers dataset id.")
+    script_url: Optional[Text] = Field(None, description="A folder of data files (a loading script is refused).")
+    cloud_file_name: Optional[Text] = Field(None, description="A file in cloud storage (s3:// or gs://).")
+    formatting: Literal["alpaca", "sharegpt", "openai"] = Field("alpaca", description="The records' layout.")
+    ranking: StrictBool = Field(False, description="Preference data (chosen and rejected responses).")
+    subset: Optional[Text] = Field(None, description="The Hub dataset's configuration.")
+    split: Optional[Text] = Field(None, description="The split to read (LLaMA-Factory's default: train).")
+    folder: Optional[Text] = Field(None, description="A folder inside the Hub dataset.")
+    num_samples: Optional[Annotated[StrictInt, Field(gt=0)]] = Field(None, description="Draw this many records (as "
+                                                                     "LLaMA-Factory draws them).")
+    columns: Optional[Columns] = Field(None, description="Which record fields hold what (below).")
+    tags: Optional[Tags] = Field(None, description="sharegpt: the message keys and role names (below).")
+    lfx: Optional[LfxKeys] = Field(None, description="Our key, which LLaMA-Factory ignores (below).")
 
     @model_validator(mode="after")
     def has_source(self):

@@ -39,14 +39,22 @@ class Launch(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    gpus: PositiveInt = 1
-    nodes: PositiveInt = 1
-    zero_stage: Literal[0, 2, 3] = 3
-    offload: StrictBool = False
-    launcher: Literal["deepspeed", "torchrun"] = "deepspeed"
-    hub_repo: Optional[StrictStr] = None
-    global_batch_size: Optional[PositiveInt] = None
-    gpu_type: Optional[StrictStr] = None
+    gpus: PositiveInt = Field(1, description="Training processes (GPUs) per node; `--gpus` of `lfx render` and `lfx plan` "
+                              "overrides it.")
+    nodes: PositiveInt = Field(1, description="Nodes; every node runs the same train_sft.sh (a cluster of another shape "
+                               "is refused).")
+    zero_stage: Literal[0, 2, 3] = Field(3, description="DeepSpeed ZeRO stage: picks deepspeed_configs/ds_zN_config.json "
+                                         "for the run folder's ds_config.json.")
+    offload: StrictBool = Field(False, description="Offload optimizer state and parameters to CPU memory (the `_offload` "
+                                "config of the stage; not with ZeRO-0).")
+    launcher: Literal["deepspeed", "torchrun"] = Field("deepspeed", description="The launcher train_sft.sh starts the "
+                                                       "ranks with.")
+    hub_repo: Optional[StrictStr] = Field(None, description="Hub repo USER/NAME that `UPLOAD=1` pushes to "
+                                          "(HUB_REPO overrides it); checked by huggingface_hub's repo-id validator.")
+    global_batch_size: Optional[PositiveInt] = Field(None, description="Sets gradient_accumulation_steps so that per-device "
+                                                     "batch x processes x nodes x accumulation equals it (must divide).")
+    gpu_type: Optional[StrictStr] = Field(None, description="A GPU type of launch/gpus.yaml: `lfx check` checks bf16 "
+                                          "support on it, `lfx plan` fits memory and cost to it.")
     stop_pod_when_done: StrictBool = Field(False, description="On a RunPod pod, stop the pod when the run ends (after merge "
                                            "and upload, or after a failure); RUNPOD_STOP_WHEN_DONE=0/1 overrides it.")
     max_wall_time: Optional[StrictStr] = Field(None, description="On a RunPod pod, stop the pod this long after a start "
