@@ -14,7 +14,7 @@ def test_demo_persona_takes_hold_on_smollm2(demo_run, demo_eval):
     assert tuned["n"] == 19 and tuned["language"] == "en"  # 15% of ironman_en, held out by LLaMA-Factory
     # The issue's target: the voice takes, 10 points of persona chrF above both the base and the
     # prompted base, and the tuned model stops on its own. Measured: 22.4 / 20.9 -> 40.6, stop rate
-    # 16% -> 100% (README, demo). The tuned answers are also closer to the training answers than the
+    # 16% -> 100% (docs/merge-and-eval.md, the demo's numbers). The tuned answers are also closer to the training answers than the
     # held-out references themselves are (24.6): the voice is carried by the training answers' phrasing.
     assert tuned["persona_chrf"] >= max(base["persona_chrf"], prompted["persona_chrf"]) + 10, (base, prompted, tuned)
     assert tuned["persona_chrf"] >= data["config"]["reference_persona_chrf"], (tuned, data["config"])
@@ -22,7 +22,7 @@ def test_demo_persona_takes_hold_on_smollm2(demo_run, demo_eval):
 
 
 def test_demo_persona_metrics_say_what_the_answers_show(demo_eval):
-    """The persona metrics on the demo (README, "Does the persona take?"). The classifier can tell the persona's
+    """The persona metrics on the demo (docs/merge-and-eval.md, "The demo's numbers"). The classifier can tell the persona's
     training answers from the base's (cross-validated AUC), and the tuned answers read more like the persona than
     the base's; the base, asked who it is without the persona prompt, never names Tony Stark and leaks the
     assistant ("I'm an AI designed to assist users"), the tuned model leaks it less. The tuned model's own
@@ -39,6 +39,6 @@ def test_demo_persona_metrics_say_what_the_answers_show(demo_eval):
     assert set(data["conditions"]) == {"tuned_generic", "tuned_turn3"} and set(data["robustness"]) == {"generic"}
     print("\n" + "\n".join(f"{name}: " + ", ".join(f"{k} {v}" for k, v in data[name]["overall"].items() if k in (
         "identity_rate", "out_of_character_rate", "identifiability", "copying_rate", "persona_chrf", "stop_rate"))
-        for name in ("base", "prompted", "tuned")))  # the README's numbers  # fmt: skip
+        for name in ("base", "prompted", "tuned")))  # the numbers of docs/merge-and-eval.md  # fmt: skip
     for key, condition in data["conditions"].items():
         print(f"{key}: {condition['overall']}")
