@@ -87,8 +87,9 @@ class Launch(BaseModel):
 
 LAUNCH_DEFAULTS = Launch().model_dump()
 LAUNCHER_SET = ("deepspeed", "output_dir", "dataset_dir", "resume_from_checkpoint")  # train_sft.sh passes these
-# The stages lfx runs: each has its tested path through train_sft.sh, merge, eval and upload.
-STAGES = ("sft",)
+# The stages lfx runs: each has its tested path through train_sft.sh, merge, eval and upload. dpo is the preference
+# round after SFT (LLaMA-Factory's pref_loss: sigmoid DPO by default, `pref_loss: orpo` for ORPO; pref_beta, pref_ftx).
+STAGES = ("sft", "dpo")
 
 
 class RecipeRules(BaseModel):
