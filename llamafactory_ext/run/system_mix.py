@@ -43,6 +43,8 @@ def mix(folder: Path, names: list[str], share: float, prompts: list[str], seed: 
         if entry.get("formatting", "alpaca") == "alpaca":
             column = _alpaca_system_column(entry)
             open_ = [i for i, r in enumerate(records) if not r.get(column)]
+            for i in open_:  # every record has the column (LLaMA-Factory's converter reads it from each): "" is the persona's
+                records[i][column] = ""
             set_prompt = lambda r, text, column=column: r.__setitem__(column, text)  # noqa: E731
         else:
             cols = {**SHAREGPT_DEFAULTS, **entry.get("columns", {}), **entry.get("tags", {})}
