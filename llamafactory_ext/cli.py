@@ -409,6 +409,24 @@ def pairs(model_path, out_dir, name, base, max_new_tokens, batch_size, force):
     click.echo(f"wrote {count} pairs to {path} (and {Path(out_dir) / 'dataset_info.json'})")
 
 
+@main.command("eval-compare")
+@click.argument("first", metavar="SFT_EVAL_JSON", type=click.Path(dir_okay=False))
+@click.argument("second", metavar="PREFERENCE_EVAL_JSON", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "out_file", type=click.Path(dir_okay=False), default=None, help="Write the Markdown here.")
+def eval_compare(first, second, out_file):
+    """Two lfx eval reports of the same held-out split side by side (SFT and SFT+preference), every metric."""
+    from .files import atomic_write_text, refuse_overwrite
+    from .preference.side_by_side import markdown
+
+    text = markdown(first, second)
+    if out_file:
+        refuse_overwrite(out_file, [first, second], "comparison")
+        atomic_write_text(out_file, text)
+        click.echo(f"wrote {out_file}")
+    else:
+        click.echo(text)
+
+
 @main.command()
 @click.argument("target", metavar="MODEL_OR_ADAPTER", type=click.Path())
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)

@@ -52,11 +52,13 @@ def test_sft_then_pairs_then_dpo_through_the_run_folder(tiny_llama3, tmp_path):
                                                                   pref_beta=0.1, pref_ftx=0.5, max_steps=2))  # fmt: skip
     assert lfx("render", str(recipe), "-o", str(dpo), env={"LFX_DATASETS_DIR": str(pairs)}).exit_code == 0
     assert json.loads((dpo / "run.json").read_text())["stage"] == "dpo" and (dpo / "data" / "ironman_pairs.json").is_file()
-    proc = subprocess.run([str(dpo / "train_sft.sh")], env=_env(MERGE="1", EVAL="1"), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([str(dpo / "train_sft.sh")], env=_env(MERGE="1"), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     log = [json.loads(line) for line in (dpo / "output" / "trainer_log.jsonl").read_text().splitlines()]
     assert log[-1]["current_steps"] == 2
-    report = json.loads((dpo / "merged" / "eval.json").read_text())
+    result = lfx("eval", str(dpo), "-o", str(tmp_path / "eval"), "--max-new-tokens", "8")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     # measured on the SFT run's held-out split, against the base the SFT run started from
     assert report["config"]["prompts"] == "val_size 0.2 split of ironman (seed 42)" and report["config"]["n"] == len(split.prompts)
     assert report["config"]["base_model"] == str(tiny_llama3)
