@@ -163,3 +163,23 @@ def test_lfx_check_refuses_data_that_does_not_fit_the_stage(tiny_llama3, data_co
     result = lfx("check", str(recipe), env={"LFX_DATASETS_DIR": str(data_copy)})
     assert result.exit_code == 0, result.stderr
     assert yaml.safe_load(recipe.read_text())["pref_loss"] == "orpo"
+
+
+def test_render_mixes_the_run_folders_snapshot_only_and_reproducibly(tiny_llama3, tmp_path):
+    """The run folder stands alone: its data/ carries the mix, recipe.yaml the setting (train.yaml, LLaMA-Factory's
+    arguments, does not); datasets/ is untouched; a second render is byte-identical."""
+    from conftest import REPO
+
+    source = (REPO / "datasets" / "ironman.json").read_bytes()
+    mixed = {"share": 0.25, "prompts": ["You are a helpful assistant."]}
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe_dict(tiny_llama3, system_prompt_mix=mixed))
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run in runs:
+        result = lfx("render", str(recipe), "-o", str(run))
+        assert result.exit_code == 0, result.stderr
+    records = json.loads((runs[0] / "data" / "ironman.json").read_text())
+    assert sum(r["system"] == "You are a helpful assistant." for r in records) == round(0.25 * len(records))
+    assert yaml.safe_load((runs[0] / "recipe.yaml").read_text())["system_prompt_mix"] == mixed
+    assert "system_prompt_mix" not in yaml.safe_load((runs[0] / "train.yaml").read_text())
+    assert (runs[0] / "data" / "ironman.json").read_bytes() == (runs[1] / "data" / "ironman.json").read_bytes()
+    assert (REPO / "datasets" / "ironman.json").read_bytes() == source
