@@ -89,7 +89,10 @@ def resolve_target(path: str | Path, base_arg: str | None) -> Target:
         recorded = str(read_json(model / ADAPTER_CONFIG).get("base_model_name_or_path") or "")
     else:
         recorded = str(run_record.read_merge(model).get("base_model") or args.get("model_name_or_path") or "")
-    origin = sft_origin(record, record_path) if kind == "merged" and not base_arg else None
+    try:
+        origin = sft_origin(record, record_path) if kind == "merged" and not base_arg else None
+    except LfxError:  # a preference round from a model lfx did not train: compared with that model
+        origin = None
     if origin is not None:  # a merged preference round: compared with the base the SFT run started from
         first = origin[1].parent
         recorded = str(run_record.read_merge(first).get("base_model") or origin[0]["args"].get("model_name_or_path") or "")
