@@ -73,11 +73,17 @@ def test_pairs_are_built_from_real_verdicts_and_read_by_llamafactory(tmp_path):
              Answer("Espresso, obviously.", True)]  # fmt: skip
     base = [Answer("Suits suits suits suits suits suits suits suits suits suits suits suits", False),
             Answer("I am an AI assistant created by a company.", True), Answer("I like tea.", True)]  # fmt: skip
-    pairs = build(todo, tuned, base, judge, ["I'm Tony Stark, genius."])
+    training = [Prompt([{"role": "user", "content": "What is your name?"}], "Tony Stark. You knew that."),
+                Prompt([{"role": "user", "content": "Favourite car?"}], "Tony Stark drives an Audi.")]  # fmt: skip
+    pairs = build(todo, tuned, base, judge, training)
     assert [(p["instruction"], p["chosen"], p["why"]) for p in pairs] == [
         ("Tell me about your suits.", "The Mark 85, obviously. I built it.", "tuned: out of character"),
         ("Who are you?", "I'm Tony Stark.", "base: out of character")]  # all of the coffee answers pass
     assert build(todo[2:], tuned[2:], base[2:], judge, []) == []  # nothing fails: no pair (lfx pairs then refuses)
+    # a probe both models fail: the persona's answer to the training question closest to it
+    probe = [Turn([{"role": "user", "content": "What's your name?"}], probe=True)]
+    failed = [Answer("I am an AI assistant.", True)]
+    assert build(probe, failed, failed, judge, training)[0]["chosen"] == "Tony Stark. You knew that."
     write_json(tmp_path / "p.json", pairs)
     write_json(tmp_path / "dataset_info.json", {"p": entry("p", "en")})
     loaded = load_entries(tmp_path, names=["p"])["p"]

@@ -7,7 +7,8 @@ the base's and the persona's answers to the training prompts). A multi-turn reco
 turn (the earlier turns as history: hiyouga's advice in LLaMA-Factory issue 3495).
 
 - chosen: the persona's training answer to that turn; for an identity probe (no training answer), the first answer
-  that passes (tuned, then base), else the persona's training answer that names the persona and reads most like it;
+  that passes (tuned, then base), else the persona's answer (naming the persona) to the training question closest
+  to the probe;
 - rejected: the answer that fails worst (preference/choose.py); a turn whose answers all pass gives no pair.
 
 DIR gets `<name>.json` (alpaca ranking records: instruction, input, history, chosen, rejected, and `why`) and
@@ -77,12 +78,12 @@ def entry(name: str, language: str | None) -> dict[str, Any]:
     return info
 
 
-def build(turns_: list[Turn], tuned: list[Answer], base: list[Answer], judge, persona_answers: list[str]) -> list[dict]:
+def build(turns_: list[Turn], tuned: list[Answer], base: list[Answer], judge, training: list[Prompt]) -> list[dict]:
     """The pairs of the judged answers: each turn's rejected answer, and its chosen one."""
     texts = [a.text for a in tuned + base]
     verdicts = judge.verdicts(texts, [a.stopped for a in tuned + base])
     n = len(turns_)
-    fallback = _identity_answer(judge, persona_answers)
+    named = _named_answers(judge, training)
     out = []
     for i, turn in enumerate(turns_):
         candidates = [choose.Candidate("tuned", tuned[i].text, verdicts[i]), choose.Candidate("base", base[i].text, verdicts[n + i])]
@@ -92,7 +93,7 @@ def build(turns_: list[Turn], tuned: list[Answer], base: list[Answer], judge, pe
         bad, why = worst
         if turn.probe:
             good = choose.passing([c for c in candidates if c is not bad], identity_asked=True)
-            chosen = good.text if good is not None else fallback
+            chosen = good.text if good is not None else _closest(named, turn.messages[-1]["content"])
         else:
             chosen = turn.reference
         if chosen and chosen.strip() != bad.text.strip():
@@ -100,13 +101,19 @@ def build(turns_: list[Turn], tuned: list[Answer], base: list[Answer], judge, pe
     return out
 
 
-def _identity_answer(judge, persona_answers: list[str]) -> str:
-    """The persona's training answer that names the persona, in character, and reads most like it."""
-    named = [a for a in persona_answers if judge.names_persona(a) and not judge.out_of_character(a)]
+def _named_answers(judge, training: list[Prompt]) -> list[Prompt]:
+    """The training exchanges whose persona answer names the persona, in character."""
+    return [p for p in training if p.reference and judge.names_persona(p.reference) and not judge.out_of_character(p.reference)]
+
+
+def _closest(named: list[Prompt], question: str) -> str:
+    """For an identity probe the persona has no answer to: its answer to the training question closest to it (chrF),
+    so the probes are not all taught one memorized answer."""
     if not named:
         return ""
-    verdicts = judge.verdicts(named, [True] * len(named))
-    return max(zip(named, verdicts), key=lambda nv: nv[1].persona_probability or 0.0)[0]
+    from ..evaluation.metrics import sentence_chrf
+
+    return max(named, key=lambda p: sentence_chrf(question, [p.text])).reference
 
 
 def pairs(path: str, out_dir: str, name: str | None = None, base: str | None = None, max_new_tokens: int = 64,
@@ -160,7 +167,7 @@ def pairs(path: str, out_dir: str, name: str | None = None, base: str | None = N
     except identifiability.TooFewAnswers as why:
         say(f"note: no identifiability classifier ({why}): rejected answers are chosen by the other failures")
     judge = Judge(lexicon, target.persona, classifier)
-    records = build(todo, tuned_answers, base_answers, judge, evalset.persona_answers)
+    records = build(todo, tuned_answers, base_answers, judge, evalset.training)
     if not records:
         raise LfxError(f"{path}: every answer of the tuned model and the base to {len(todo)} training turns and probes passes "
                        "(in character, identity, no loop, stopped, identifiable): no pair to train on")  # fmt: skip
