@@ -93,6 +93,20 @@ def read_merge(folder: str | Path) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
+DEFAULT_CUTOFF_LEN = 2048  # LLaMA-Factory's DataArguments.cutoff_len default
+
+
+def trained_context(record: dict[str, Any], model: str | Path) -> int:
+    """The context the run trained at: its cutoff_len, within the model's positions (config.json of `model`).
+    `lfx export` gives it to Ollama as num_ctx; `lfx eval` asks within it."""
+    cutoff = int((record.get("args") or {}).get("cutoff_len") or DEFAULT_CUTOFF_LEN)
+    config_path = Path(model) / "config.json"
+    config = read_json(config_path) if config_path.is_file() else {}
+    config = config if isinstance(config, dict) else {}
+    positions = (config.get("text_config") or config).get("max_position_embeddings")
+    return min(cutoff, int(positions)) if positions else cutoff
+
+
 def portable(value: Any, key: str = "") -> Any:
     """A record as it may travel (model card, Hub): secrets dropped, and every absolute path of this machine
     reduced to its last part (a model folder's name, a file's name), so no home folder, volume or user name

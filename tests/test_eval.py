@@ -375,3 +375,49 @@ def test_held_out_prompts_equal_the_split_llamafactory_makes(case, tiny_llama3, 
     assert len(ours) == len(theirs) > 0
     for prompt, text in zip(ours, theirs):
         assert prompt.text in text and prompt.reference in text
+
+
+def test_generate_caps_each_conversation_as_a_server_with_that_window_would(split_run):
+    """Per-conversation limits in one batch give what separate calls at those limits give (greedy decoding)."""
+    from llamafactory_ext.inference import generation
+
+    model, tokenizer = generation.load(split_run["merged"])
+    convs = [[{"role": "user", "content": q}] for q in ("Who are you?", "What is your suit made of?", "누구세요?")]
+    together = generation.generate(model, tokenizer, convs, 12, limits=[2, 12, 5])
+    alone = [generation.generate(model, tokenizer, [c], n)[0] for c, n in zip(convs, (2, 12, 5))]
+    assert together == alone
+    uncapped = generation.generate(model, tokenizer, convs[:1], 12)[0]
+    assert not together[0].stopped and len(together[0].text) < len(uncapped.text)  # the cap, not the model, ended it
+
+
+def test_eval_asks_within_the_runs_context_and_skips_turn_3_that_does_not_fit(split_run, tmp_path):
+    """A run trained at a cutoff_len that holds a held-out question but not three turns: turn 3 is skipped with
+    the reason, every other conversation is asked with what the context leaves (llama.cpp's and Ollama's window)."""
+    import shutil
+
+    from llamafactory_ext.evaluation.budget import MIN_ROOM, prompt_lengths
+    from llamafactory_ext.evaluation.conditions import exchanges
+    from llamafactory_ext.evaluation.heldout import held_out
+    from llamafactory_ext.inference.generation import load_tokenizer
+    from llamafactory_ext.record import load
+
+    merged = tmp_path / "short context" / "merged"
+    shutil.copytree(split_run["merged"], merged)
+    record, record_path = load(merged)
+    prompts = held_out(record, record_path, None).prompts
+    tokenizer = load_tokenizer(merged)
+    systems = ("You are a helpful assistant.", record["template"]["default_system"])  # generic; prompted base, tuned
+    single = prompt_lengths(tokenizer, [[{"role": "system", "content": s}, *p.messages] for p in prompts for s in systems])
+    turn3 = prompt_lengths(tokenizer, [exchanges(prompts, i + 1) + list(p.messages) for i, p in enumerate(prompts)])
+    context = max(single) + MIN_ROOM + 8
+    assert max(turn3) > context - MIN_ROOM  # the question at turn 3 does not fit; at turn 1 it does
+    record["args"]["cutoff_len"] = context
+    write_json(record_path, record)
+
+    result = _eval(str(merged), "-o", str(tmp_path / "e"))
+    assert result.exit_code == 0, result.output
+    assert "skipped turn 3" in result.stderr and f"context of {context} tokens" in result.stderr
+    data = json.loads((tmp_path / "e" / "eval.json").read_text(encoding="utf-8"))
+    assert data["config"]["context"] == context and "tuned_turn3" not in data["conditions"]
+    assert data["config"]["n"] == len(prompts)  # every held-out question still asked
+    assert f"within the run's context of {context} tokens" in (tmp_path / "e" / "eval.md").read_text(encoding="utf-8")

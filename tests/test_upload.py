@@ -104,7 +104,9 @@ def test_upload_bad_input_is_one_line_exit_2(merged_ironman, tmp_path, args, tok
 def test_upload_refuses_a_folder_that_is_not_a_model(tmp_path):
     (tmp_path / "notes.txt").write_text("hi")
     proc = _upload(str(tmp_path), "--repo", "tony/x", endpoint="http://127.0.0.1:9", home=tmp_path)
-    assert proc.returncode == 2 and "neither a model (config.json + *.safetensors) nor a LoRA adapter" in proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == (f"error: {tmp_path}: neither a model folder (config.json and weights) "
+                           "nor a LoRA adapter (adapter_config.json)\n")
 
 
 def test_upload_uses_the_stored_hub_login_to_a_local_standin_hub_server(merged_ironman, tmp_path):

@@ -14,13 +14,16 @@ model loads, and nothing is written unless everything succeeded.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import LfxError
 from ..inference import generation, openai_client
 from ..inference.prompts import Answer, read_prompts_file
+from .. import record as run_record
 from . import conditions, judging
+from .budget import Budget, fit, prompt_lengths
 from .heldout import EvalSet, held_out, training_records
 from .lexicon import load_lexicon
 from .report import report, summary, write_outputs
@@ -52,12 +55,15 @@ def eval_set(target: Target, prompts_file: str | None) -> EvalSet:
     return evalset
 
 
-def _answer(generate: Callable[[list[conditions.Messages]], list[Answer]], jobs: Jobs) -> dict[str, list[Answer]]:
-    """Every job's conversations answered in one call (one batched generate per model), split back by job."""
-    replies = generate([c for convs in jobs.values() for c in convs])
+def _answer(generate: Callable[[list[conditions.Messages], list[int]], list[Answer]], jobs: Jobs, tokenizer,
+            budget: Budget) -> dict[str, list[Answer]]:  # fmt: skip
+    """Every job's conversations answered in one call (one batched generate per model), each within its budget,
+    split back by job."""
+    convs = [c for cs in jobs.values() for c in cs]
+    replies = generate(convs, budget.limits(prompt_lengths(tokenizer, convs)))
     out, i = {}, 0
-    for name, convs in jobs.items():
-        out[name], i = replies[i : i + len(convs)], i + len(convs)
+    for name, cs in jobs.items():
+        out[name], i = replies[i : i + len(cs)], i + len(cs)
     return out
 
 
@@ -79,13 +85,17 @@ def evaluate(path: str | Path, base: str | None = None, prompts_file: str | None
         skipped["turn 3"] = no_turns
     variants = conditions.variants(target.system, lexicon.generic_system_prompt, app_prompt, not no_turns)
     sample = conditions.identifiability_sample(evalset.training)
-    # Cheap checks of what the answering needs, before any model loads.
-    tuned_tokenizer = None
-    if not url:
-        tokenizer_dir = target.path if (target.path / "tokenizer_config.json").is_file() else target.base
-        tuned_tokenizer = generation.load_tokenizer(tokenizer_dir)
+    # Cheap checks of what the answering needs, before any model loads. The tuned tokenizer also counts the
+    # prompt tokens of a served model (its chat template is the one the server applies).
+    tokenizer_dir = target.path if (target.path / "tokenizer_config.json").is_file() else target.base
+    tuned_tokenizer = generation.load_tokenizer(tokenizer_dir)
     base_tokenizer = generation.load_tokenizer(target.base)
     model_id = openai_client.persona_model(url) if url else None
+    budget = Budget(run_record.trained_context(target.record, target.path if target.kind == "merged" else target.base),
+                    max_new_tokens)  # fmt: skip
+    prompts, variants, probes, sample, beyond = fit(budget, {"base": base_tokenizer, "tuned": tuned_tokenizer}, variants,
+                                                    evalset.prompts, probes, sample, skipped)  # fmt: skip
+    evalset = replace(evalset, prompts=prompts)
 
     jobs: dict[str, Jobs] = {"base": {}, "tuned": {}}
     for v in variants:
@@ -96,13 +106,14 @@ def evaluate(path: str | Path, base: str | None = None, prompts_file: str | None
     say(f"loading base model {target.base}")
     model = generation.load_model(target.base)
     say(f"answering {sum(map(len, jobs['base'].values()))} conversations: base and prompted base")
-    answers |= _answer(lambda convs: generation.generate(model, base_tokenizer, convs, max_new_tokens, batch_size), jobs["base"])
+    answers |= _answer(lambda convs, caps: generation.generate(model, base_tokenizer, convs, max_new_tokens, batch_size,
+                                                               limits=caps), jobs["base"], base_tokenizer, budget)  # fmt: skip
     count = sum(map(len, jobs["tuned"].values()))
     if url:
         del model
         say(f"answering {count} conversations: tuned, served at {url}")
-        answers |= _answer(lambda convs: [openai_client.chat(url, model_id, c, max_new_tokens, 0.0) for c in convs],
-                           jobs["tuned"])  # fmt: skip
+        answers |= _answer(lambda convs, caps: [openai_client.chat(url, model_id, c, n, 0.0) for c, n in zip(convs, caps)],
+                           jobs["tuned"], tuned_tokenizer, budget)  # fmt: skip
     else:
         if target.kind == "adapter":
             model = generation.with_adapter(model, target.path)
@@ -110,11 +121,17 @@ def evaluate(path: str | Path, base: str | None = None, prompts_file: str | None
             del model
             model = generation.load_model(target.path)
         say(f"answering {count} conversations: tuned")
-        answers |= _answer(lambda convs: generation.generate(model, tuned_tokenizer, convs, max_new_tokens, batch_size),
-                           jobs["tuned"])  # fmt: skip
+        answers |= _answer(lambda convs, caps: generation.generate(model, tuned_tokenizer, convs, max_new_tokens,
+                                                                   batch_size, limits=caps), jobs["tuned"], tuned_tokenizer, budget)  # fmt: skip
     judges = judging.build(lexicon, target.persona, target.no_persona, evalset, sample, answers.pop("identifiability"), skipped)
     if dropped:
         judges.config["probes_dropped_as_training_prompts"] = dropped
+    judges.config["context"] = budget.context
+    if beyond:
+        judges.config["prompts_beyond_context"] = beyond
+    if beyond and note:
+        note(f"lfx eval: left out {beyond} held-out prompts that leave under {budget.least} tokens of the run's context "
+             f"({budget.context}) for an answer")  # fmt: skip
     if skipped and note:
         reasons: dict[str, list[str]] = {}
         for metric, why in skipped.items():

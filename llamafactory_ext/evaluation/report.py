@@ -152,6 +152,8 @@ def _config_lines(cfg: dict[str, Any]) -> list[str]:
     where = f"`{data.get('path')}`" + (f" ({data['kind']}, relative to the {data['relative_to']})" if data.get("relative_to") else
                                          f" ({data.get('kind')})")  # fmt: skip
     lines = [f"- data: {where}"]
+    if cfg.get("prompts_beyond_context"):
+        lines.append(f"- left out: {cfg['prompts_beyond_context']} held-out prompts too long for the run's context")
     ident = cfg.get("identifiability")
     if ident:
         lines.append(f"- identifiability: {ident['model']} on {ident['features']}, {ident['persona_answers']} persona training "
@@ -177,7 +179,8 @@ def markdown(result: dict[str, Any]) -> str:
              f"- tuned: `{cfg['model']}` ({cfg['kind']}{', served at ' + cfg['url'] if cfg['url'] else ''})",
              f"- base: `{cfg['base_model']}`; prompted = base + the persona system prompt",
              f"- prompts: {cfg['n']} ({cfg['prompts']}); persona chrF against {cfg['persona_answers']} training answers",
-             f"- greedy decoding, up to {cfg['max_new_tokens']} new tokens; chrF is sacrebleu's sentence chrF (0-100), averaged",
+             f"- greedy decoding, up to {cfg['max_new_tokens']} new tokens within the run's context of {cfg.get('context')} "
+             "tokens (cutoff_len); chrF is sacrebleu's sentence chrF (0-100), averaged",
              f"- persona chrF of the held-out reference answers themselves: {_num(cfg['reference_persona_chrf'], '{:.1f}')}",
              *_config_lines(cfg), "", "## Overall", "", *overall_table(result), "", *condition_tables(result)]  # fmt: skip
     for level in ("datasets", "tasks"):

@@ -32,7 +32,6 @@ FORMATS = ("gguf", "ollama")
 OUTTYPES = ("f16", "bf16", "q8_0")  # what llama.cpp's Python converter writes (f32 and ternary types aside)
 BYTES_PER_WEIGHT = {"f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32}  # for the progress bar's estimate
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
-DEFAULT_CUTOFF_LEN = 2048  # LLaMA-Factory's DataArguments.cutoff_len default
 EXPORT_RECORD = "lfx_export.json"
 COMMAND = "lfx export"  # what its output folder's marker names: --force replaces only a folder it wrote
 CONVERT_TIMEOUT_S = 6 * 3600
@@ -267,10 +266,9 @@ def default_out(source: Source) -> Path:
 
 def num_ctx(source: Source, model: Path) -> int:
     """The run's cutoff_len (what the persona was trained on), within the model's context."""
-    cutoff = (source.record.get("args") or {}).get("cutoff_len") or DEFAULT_CUTOFF_LEN
-    config = _json(model / "config.json")
-    context = (config.get("text_config") or config).get("max_position_embeddings")
-    return min(int(cutoff), int(context)) if context else int(cutoff)
+    from ..record import trained_context
+
+    return trained_context(source.record, model)
 
 
 def export(target: str | Path, fmt: str = "gguf", outtype: str = "f16", out_dir: str | Path | None = None,

@@ -95,9 +95,10 @@ def prompt_text(tokenizer, messages: list[dict[str, str]]) -> str:
 
 
 def generate(model, tokenizer, conversations: list[list[dict[str, str]]], max_new_tokens: int, batch_size: int = 16,
-             temperature: float = 0.0) -> list[Answer]:  # fmt: skip
+             temperature: float = 0.0, limits: list[int] | None = None) -> list[Answer]:  # fmt: skip
     """Answers, `batch_size` conversations at a time (left padding; similar lengths batched together),
-    greedy unless `temperature` > 0; each with whether it ended on a stop token."""
+    greedy unless `temperature` > 0; each with whether it ended on a stop token. `limits`: each conversation's
+    own cap on new tokens (at most max_new_tokens), as a server with a fixed context window gives it."""
     import torch
 
     eos = stop_ids(model, tokenizer)
@@ -105,6 +106,7 @@ def generate(model, tokenizer, conversations: list[list[dict[str, str]]], max_ne
         tokenizer.pad_token = tokenizer.convert_ids_to_tokens(eos[0])
     sampling: dict[str, Any] = ({"do_sample": True, "temperature": temperature} if temperature > 0 else
                                 {"do_sample": False, "temperature": None, "top_p": None, "top_k": None})  # fmt: skip
+    caps = [min(max_new_tokens, n) for n in limits] if limits is not None else [max_new_tokens] * len(conversations)
     texts = [prompt_text(tokenizer, c) for c in conversations]
     order = sorted(range(len(texts)), key=lambda i: len(tokenizer(texts[i], add_special_tokens=False)["input_ids"]))
     results: list[Answer] = [Answer("", False)] * len(texts)
@@ -113,9 +115,10 @@ def generate(model, tokenizer, conversations: list[list[dict[str, str]]], max_ne
         enc = tokenizer([texts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: v.to(model.device) for k, v in enc.items()}
         with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
-                                 **sampling)  # fmt: skip
+            out = model.generate(**enc, max_new_tokens=max(caps[i] for i in chunk), eos_token_id=eos,
+                                 pad_token_id=tokenizer.pad_token_id, **sampling)  # fmt: skip
         for row, i in zip(out[:, enc["input_ids"].shape[1] :].tolist(), chunk):
+            row = row[: caps[i]]
             end = next((j for j, t in enumerate(row) if t in eos), None)
             text = tokenizer.decode(row if end is None else row[:end], skip_special_tokens=True).strip()
             results[i] = Answer(text, end is not None)
