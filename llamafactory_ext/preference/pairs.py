@@ -19,9 +19,10 @@ Everything is checked and answered first; DIR is written whole or not at all.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import LfxError
 from ..files import dump_json, refuse_overwrite, staged_folder
@@ -120,11 +121,13 @@ def pairs(path: str, out_dir: str, name: str | None = None, base: str | None = N
           batch_size: int = 16, force: bool = False, say: Callable[[str], None] = lambda _line: None) -> tuple[Path, int]:  # fmt: skip
     """Answer, judge, write DIR; (the pairs file, its record count)."""
     from ..evaluation import conditions, identifiability
+    from ..evaluation.budget import Budget, prompt_lengths
     from ..evaluation.heldout import held_out
     from ..evaluation.lexicon import load_lexicon
     from ..evaluation.persona_judge import Judge
     from ..evaluation.targets import resolve_target
     from ..inference import generation
+    from ..record import trained_context
     out = Path(out_dir)
     target = resolve_target(path, base)
     refuse_overwrite(out, [path, base, target.path, target.base], "pairs folder")
@@ -149,16 +152,29 @@ def pairs(path: str, out_dir: str, name: str | None = None, base: str | None = N
     languages = target.persona.languages if target.persona else []
     probes, _ = conditions.usable_probes(lexicon.probes, languages, evalset.training)
     todo += probe_turns(probes, evalset.prompts)
-    conversations = [t.messages for t in todo]
     tuned_tokenizer = generation.load_tokenizer(target.path if (target.path / "tokenizer_config.json").is_file() else target.base)
     base_tokenizer = generation.load_tokenizer(target.base)
+    # Asked within the context the run trained at, as lfx eval asks (evaluation/budget.py): a turn that leaves no
+    # room for an answer is left out; each answer gets at most what its prompt leaves.
+    budget = Budget(trained_context(target.record, target.path if target.kind == "merged" else target.base), max_new_tokens)
+    lengths = {m: prompt_lengths(tok, [t.messages for t in todo]) for m, tok in (("base", base_tokenizer), ("tuned", tuned_tokenizer))}
+    kept = [i for i in range(len(todo)) if budget.room(max(lengths["base"][i], lengths["tuned"][i]))]
+    if len(kept) < len(todo):
+        say(f"note: {len(todo) - len(kept)} turns leave no room for an answer in the run's context of {budget.context} tokens: "
+            "left out")  # fmt: skip
+    todo, limits = [todo[i] for i in kept], {m: budget.limits([n[i] for i in kept]) for m, n in lengths.items()}
+    if not any(not t.probe for t in todo):
+        raise LfxError(f"{target.record_path}: field 'args.cutoff_len': no training turn fits the run's context of "
+                       f"{budget.context} tokens with room for an answer")  # fmt: skip
+    conversations = [t.messages for t in todo]
     say(f"loading base model {target.base}")
     model = generation.load_model(target.base)
-    say(f"answering {len(conversations)} turns ({len(probes)} identity probes): base")
-    base_answers = generation.generate(model, base_tokenizer, conversations, max_new_tokens, batch_size)
+    say(f"answering {len(conversations)} turns ({sum(t.probe for t in todo)} identity probes): base")
+    base_answers = generation.generate(model, base_tokenizer, conversations, max_new_tokens, batch_size, limits=limits["base"])
     model = generation.with_adapter(model, target.path) if target.kind == "adapter" else generation.load_model(target.path)
     say(f"answering {len(conversations)} turns: tuned")
-    tuned_answers = generation.generate(model, tuned_tokenizer, conversations, max_new_tokens, batch_size)
+    tuned_answers = generation.generate(model, tuned_tokenizer, conversations, max_new_tokens, batch_size,
+                                        limits=limits["tuned"])  # fmt: skip
     del model
     classifier = None
     trained = [(t.reference, a.text) for t, a in zip(todo, base_answers) if not t.probe]

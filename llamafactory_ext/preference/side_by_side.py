@@ -38,8 +38,8 @@ def markdown(first: str | Path, second: str | Path, labels: tuple[str, str] = ("
                        "not the same held-out prompts")  # fmt: skip
     lines = ["# SFT and SFT+preference, side by side", "",
              f"- {labels[0]}: `{a['config'].get('model')}`; {labels[1]}: `{b['config'].get('model')}`",
-             f"- prompts: {a['config'].get('prompts')} ({a['config'].get('n')}); greedy, up to "
-             f"{a['config'].get('max_new_tokens')} / {b['config'].get('max_new_tokens')} new tokens", ""]  # fmt: skip
+             (f"- prompts: {a['config'].get('prompts')} ({a['config'].get('n')}); greedy, up to "
+              f"{a['config'].get('max_new_tokens')} / {b['config'].get('max_new_tokens')} new tokens"), ""]  # fmt: skip
     for condition, title in (("tuned", "own persona prompt"), ("tuned_generic", "generic system prompt"),
                              ("tuned_turn3", "turn 3")):  # fmt: skip
         sa, sb = _overall(a, condition), _overall(b, condition)
@@ -52,6 +52,6 @@ def markdown(first: str | Path, second: str | Path, labels: tuple[str, str] = ("
         lines.append("")
     drops = [(r.get("robustness") or {}).get("generic", {}).get("identifiability") for r in (a, b)]
     if None not in drops:
-        lines += [f"- identifiability drop under the generic system prompt: {labels[0]} {drops[0]:+.2f}, "
-                  f"{labels[1]} {drops[1]:+.2f}", ""]  # fmt: skip
+        lines += [(f"- identifiability drop under the generic system prompt: {labels[0]} {drops[0]:+.2f}, "
+                   f"{labels[1]} {drops[1]:+.2f}"), ""]  # fmt: skip
     return "\n".join(lines)

@@ -45,12 +45,12 @@ def mix(folder: Path, names: list[str], share: float, prompts: list[str], seed: 
             open_ = [i for i, r in enumerate(records) if not r.get(column)]
             for i in open_:  # every record has the column (LLaMA-Factory's converter reads it from each): "" is the persona's
                 records[i][column] = ""
-            set_prompt = lambda r, text, column=column: r.__setitem__(column, text)  # noqa: E731
+            set_prompt = lambda r, text, column=column: r.__setitem__(column, text)
         else:
             cols = {**SHAREGPT_DEFAULTS, **entry.get("columns", {}), **entry.get("tags", {})}
             messages, role, content, system = cols["messages"], cols["role_tag"], cols["content_tag"], cols["system_tag"]
             open_ = [i for i, r in enumerate(records) if not (r[messages] and r[messages][0].get(role) == system)]
-            set_prompt = lambda r, text, m=messages, ro=role, c=content, s=system: r[m].insert(0, {ro: s, c: text})  # noqa: E731
+            set_prompt = lambda r, text, m=messages, ro=role, c=content, s=system: r[m].insert(0, {ro: s, c: text})
         rng = random.Random(f"{seed}:{name}:prompts")
         chosen = [open_[i] for i in picked(len(open_), share, seed, name)]
         for i in chosen:
