@@ -33,11 +33,12 @@ def _c(source: str, **kw) -> choose.Candidate:
 
 @pytest.mark.parametrize("tuned, base, identity, expected", [
     ({}, {}, False, None),  # both pass
-    ({"loop": True}, {"ooc": True}, False, ("base", "out of character")),  # the worse failure, whoever made it
-    ({"stopped": False}, {"stopped": False}, False, ("tuned", "did not stop")),  # a tie: the tuned model's own
+    ({"loop": True}, {"ooc": True}, False, ("tuned", "loop")),  # the tuned model's own failure first
+    ({}, {"ooc": True, "loop": True}, False, ("base", "out of character")),  # else the base's worst
+    ({"stopped": False, "p": 0.1}, {"stopped": False}, False, ("tuned", "did not stop")),  # its most severe failure
     ({"names": False}, {}, True, ("tuned", "no persona identity")),  # a probe's answer must name the persona
     ({"names": False}, {}, False, None),  # an ordinary prompt need not
-    ({"p": 0.4}, {"p": 0.1}, False, ("base", "least identifiable")),  # the least like the persona
+    ({}, {"p": 0.1}, False, ("base", "least identifiable")),  # read like the base, not the persona
     ({"p": 0.6}, {"p": 0.55}, False, None),  # above one half, both read like the persona
 ])  # fmt: skip
 def test_the_rejected_answer_is_the_worst_failure(tuned, base, identity, expected):

@@ -4,8 +4,9 @@ For every turn a pair is made of, the tuned model and the base have answered; ea
 fails, in this order of severity: it breaks character (the lexicon's assistant phrases and names), it claims no
 persona identity where one was asked for, it loops, it did not stop (ran to the token limit), or the
 identifiability classifier finds it least like the persona (P(persona) below one half). The rejected answer is the
-first candidate with the most severe failure (the tuned model's before the base's: its own mistakes are the ones
-to unlearn); a turn whose answers all pass gives no pair.
+tuned model's when it fails (its own mistakes are the ones to unlearn: measured on the demo, rejecting the base's
+worse failure instead left the tuned model's identity failures untouched), else the base's; a turn whose answers
+all pass gives no pair.
 """
 
 from __future__ import annotations
@@ -42,15 +43,14 @@ def failure(verdict: Verdict, identity_asked: bool) -> str | None:
 
 
 def rejected(candidates: list[Candidate], identity_asked: bool = False) -> tuple[Candidate, str] | None:
-    """The answer to reject and why; None when every candidate passes."""
-    failing = [(FAILURES.index(why), i, c, why) for i, c in enumerate(candidates) if (why := failure(c.verdict, identity_asked))]
-    if not failing:
-        return None
-    severity, _, chosen, why = min(failing, key=lambda f: (f[0], f[1]))
-    if severity == FAILURES.index("least identifiable"):  # among the merely unlike answers, the least like the persona
-        least = min((f for f in failing if f[0] == severity), key=lambda f: (f[2].verdict.persona_probability, f[1]))
-        chosen = least[2]
-    return chosen, why
+    """The answer to reject and why: the first candidate (the tuned model's) that fails, with its most severe
+    failure, so the round unlearns the tuned model's own mistakes; the base's only where the tuned answer passes.
+    None when every candidate passes."""
+    for candidate in candidates:
+        why = failure(candidate.verdict, identity_asked)
+        if why is not None:
+            return candidate, why
+    return None
 
 
 def passing(candidates: list[Candidate], identity_asked: bool) -> Candidate | None:

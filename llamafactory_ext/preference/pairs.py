@@ -9,7 +9,8 @@ turn (the earlier turns as history: hiyouga's advice in LLaMA-Factory issue 3495
 - chosen: the persona's training answer to that turn; for an identity probe (no training answer), the first answer
   that passes (tuned, then base), else the persona's answer (naming the persona) to the training question closest
   to the probe;
-- rejected: the answer that fails worst (preference/choose.py); a turn whose answers all pass gives no pair.
+- rejected: the tuned model's answer when it fails, else the base's (preference/choose.py); a turn whose answers
+  all pass gives no pair.
 
 DIR gets `<name>.json` (alpaca ranking records: instruction, input, history, chosen, rejected, and `why`) and
 `dataset_info.json` with its entry (`"ranking": true`): point LFX_DATASETS_DIR at DIR for a `stage: dpo` recipe.
