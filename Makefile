@@ -13,7 +13,7 @@ DATASET ?= ironman
 RUN_DIR ?= runs/$(DATASET)
 TRAIN_OPTS = $(if $(MODEL),--preset $(MODEL)) $(if $(GPUS),--gpus $(GPUS)) $(if $(STAGE),--zero-stage $(STAGE)) $(if $(LAUNCHER),--launcher $(LAUNCHER))
 
-.PHONY: install demo train test docs bench clean
+.PHONY: install demo demo-preference train test docs bench clean
 
 install: $(STAMP)
 
@@ -52,6 +52,20 @@ demo: install
 	@echo "  $(DEMO_OUT)/eval.json, eval.md, eval.png  base vs prompted base vs tuned on the held-out prompts"
 	@echo "  the run's adapter, loss plot and merged model: where train_sft.sh said above ('training run ... into ...',"
 	@echo "  'merged model written to ...'): $(DEMO_RUN) itself, or lfx-runs/RUN_ID on a workspace volume (lfx runs lists those)"
+
+# The preference round on the demo model (after `make demo`), on CPU: lfx pairs (the SFT model's and the base's
+# answers to the training prompts and identity probes, the failures as rejected), LoRA DPO from the merged SFT
+# model through the generated train_sft.sh, merge, lfx eval on the SFT run's held-out split, and the two reports
+# side by side (compare.md).
+PREF_OUT ?= runs/demo/preference
+demo-preference: install
+	rm -rf $(PREF_OUT)
+	$(BIN)/lfx pairs $(DEMO_RUN) -o $(PREF_OUT)/pairs --name ironman_en_pairs --max-new-tokens 64
+	LFX_DATASETS_DIR=$(PREF_OUT)/pairs $(BIN)/lfx render launch/demo_preference.yaml -o $(PREF_OUT)/run
+	PATH="$(abspath $(BIN)):$$PATH" LFX_DEVICE=cpu MIN_FREE_DISK_GB=1 MERGE=1 $(PREF_OUT)/run/train_sft.sh
+	$(BIN)/lfx eval $(PREF_OUT)/run -o $(PREF_OUT) --max-new-tokens 64 --show 3
+	$(BIN)/lfx eval-compare $(DEMO_OUT)/eval.json $(PREF_OUT)/eval.json -o $(PREF_OUT)/compare.md
+	@echo "Preference round done: $(PREF_OUT)/compare.md (SFT vs SFT+preference), $(PREF_OUT)/eval.md"
 
 train: install
 	$(BIN)/lfx render launch/$(DATASET).yaml -o $(RUN_DIR) $(TRAIN_OPTS)

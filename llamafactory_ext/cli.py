@@ -388,6 +388,47 @@ def eval_command(model_path, base, prompts_file, url, out_dir, as_json, max_new_
 
 
 @main.command()
+@click.argument("model_path", metavar="RUN_OR_MODEL")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Folder for the ranking dataset (NAME.json) and its dataset_info.json.")
+@click.option("--name", default=None, help="The dataset's name (default: RUNNAME_pairs).")
+@click.option("--base", default=None, help="Base model folder or Hub id (default: the run's model_name_or_path).")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--force", is_flag=True, help="Replace a pairs folder lfx pairs wrote before.")
+def pairs(model_path, out_dir, name, base, max_new_tokens, batch_size, force):
+    """A preference dataset from the tuned model's failures, for a `stage: dpo` round.
+
+    Answers the run's training prompts (never its held-out split) and the identity probes with the tuned model
+    and the base; chosen: the persona's training answer; rejected: the answer that broke character, claimed
+    another identity, looped, did not stop or read least like the persona. Writes NAME.json and
+    dataset_info.json ("ranking": true) into the folder; train on it with LFX_DATASETS_DIR=FOLDER.
+    """
+    from .preference.pairs import pairs as make_pairs
+
+    path, count = make_pairs(model_path, out_dir, name, base, max_new_tokens, batch_size, force, say_err)
+    click.echo(f"wrote {count} pairs to {path} (and {Path(out_dir) / 'dataset_info.json'})")
+
+
+@main.command("eval-compare")
+@click.argument("first", metavar="SFT_EVAL_JSON", type=click.Path(dir_okay=False))
+@click.argument("second", metavar="PREFERENCE_EVAL_JSON", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "out_file", type=click.Path(dir_okay=False), default=None, help="Write the Markdown here.")
+def eval_compare(first, second, out_file):
+    """Two lfx eval reports of the same held-out split side by side (SFT and SFT+preference), every metric."""
+    from .files import atomic_write_text, refuse_overwrite
+    from .preference.side_by_side import markdown
+
+    text = markdown(first, second)
+    if out_file:
+        refuse_overwrite(out_file, [first, second], "comparison")
+        atomic_write_text(out_file, text)
+        click.echo(f"wrote {out_file}")
+    else:
+        click.echo(text)
+
+
+@main.command()
 @click.argument("target", metavar="MODEL_OR_ADAPTER", type=click.Path())
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 to serve other machines.")

@@ -155,3 +155,31 @@ def output_root(run_dir: str | Path, environ: dict[str, str] | None = None) -> P
     if info and space is not None:
         return space / "lfx-runs" / info["run_id"]
     return Path(run_dir)
+
+
+PREFERENCE_STAGES = ("dpo",)  # rounds that start from an SFT model and train on ranking data, not on the persona's
+
+
+def sft_origin(record: dict[str, Any], record_path: str | Path) -> tuple[dict[str, Any], Path] | None:
+    """For a preference round's record (stage dpo), the record of the SFT model it started from: its
+    model_name_or_path is a merged SFT model, which keeps its run's record. None for any other stage; LfxError
+    naming the field when that model is not here or has no record (the held-out split and the base are the SFT
+    run's)."""
+    args = record.get("args") or {}
+    if str(args.get("stage", "sft")) not in PREFERENCE_STAGES:
+        return None
+    from .models import local_folder
+
+    start = local_folder(str(args.get("model_name_or_path") or ""))
+    where = f"{record_path}: field 'args.model_name_or_path'"
+    if start is None:
+        raise LfxError(f"{where}: '{args.get('model_name_or_path')}' is not a folder here: a {args.get('stage')} round is evaluated on the held-out "
+                       "split of the SFT run it started from, and that model (with its lfx_run.json) is needed")  # fmt: skip
+    path = find(start)
+    if path is None:
+        raise LfxError(f"{where}: '{start}' has no {RUN_RECORD}: not a model lfx trained or merged (its SFT run's "
+                       "held-out split is unknown); pass --prompts FILE")  # fmt: skip
+    origin = read(path)
+    if sft_origin(origin, path) is not None:
+        return sft_origin(origin, path)  # a second round: the first SFT run's split
+    return origin, path

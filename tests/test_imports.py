@@ -17,6 +17,7 @@ LAYERS = [
     {"preflight", "inference", "artifact"},  # checks, generation, model files
     # the commands' own work (vllm_args: run by vLLM's python for serve, imports nothing of ours)
     {"evaluation", "export", "upload", "run", "serve", "vllm_args", "fetch", "train"},
+    {"preference"},  # the preference round: pairs from the tuned model's failures, judged by evaluation's judge
     {"cli", "__main__", "__init__"},
 ]
 

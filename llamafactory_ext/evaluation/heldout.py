@@ -24,7 +24,7 @@ from ..inference.prompts import Prompt, record_prompt
 from ..paths import datasets_dir
 from ..persona.dataset_entries import INFO_FILE, DatasetEntry, dataset_names, fingerprint, load_entries
 from ..persona.dataset_records import val_split
-from ..record import RUN_FILE
+from ..record import RUN_FILE, sft_origin
 
 
 @dataclass
@@ -124,6 +124,9 @@ def held_out(record: dict[str, Any], record_path: Path, run_dir: Path | None = N
     """The run's held-out prompts (val_size split or eval_dataset) and its training prompts, from its own data."""
     import numpy as np
 
+    origin = sft_origin(record, record_path)
+    if origin is not None:  # a preference round is measured on the split of the SFT run it started from
+        return held_out(*origin)
     args = record["args"]
     where = str(record_path)
     val_size = float(args.get("val_size") or 0)
@@ -161,6 +164,9 @@ def held_out(record: dict[str, Any], record_path: Path, run_dir: Path | None = N
 def training_records(record: dict[str, Any], record_path: Path, run_dir: Path | None = None) -> EvalSet:
     """Every record of the run's training datasets as training prompts, from its own data (for a prompts file,
     when the run has no held-out split)."""
+    origin = sft_origin(record, record_path)
+    if origin is not None:  # the persona's answers are the SFT run's, not the ranking pairs
+        return training_records(*origin)
     folder, data = snapshot(record, record_path, run_dir)
     train, infos = [], []
     for name in dataset_names(record["args"].get("dataset")):

@@ -14,7 +14,7 @@ from ..files import read_json
 from ..inference.generation import ADAPTER_CONFIG, adapter_base
 from ..models import NOT_A_MODEL, folder_kind, resolve
 from ..persona.schema import Persona
-from ..record import output_root, read_run_file
+from ..record import output_root, read_run_file, sft_origin
 from ..validation import validate
 
 # Architecture fields a --base must share with the tuned model.
@@ -89,6 +89,13 @@ def resolve_target(path: str | Path, base_arg: str | None) -> Target:
         recorded = str(read_json(model / ADAPTER_CONFIG).get("base_model_name_or_path") or "")
     else:
         recorded = str(run_record.read_merge(model).get("base_model") or args.get("model_name_or_path") or "")
+    try:
+        origin = sft_origin(record, record_path) if kind == "merged" and not base_arg else None
+    except LfxError:  # a preference round from a model lfx did not train: compared with that model
+        origin = None
+    if origin is not None:  # a merged preference round: compared with the base the SFT run started from
+        first = origin[1].parent
+        recorded = str(run_record.read_merge(first).get("base_model") or origin[0]["args"].get("model_name_or_path") or "")
     if not (base_arg or recorded):
         raise LfxError(f"{record_path}: field 'args.model_name_or_path': missing (pass --base)")
     if kind == "adapter":

@@ -207,7 +207,12 @@ def _check_json(where: str, text: str) -> None:
 
 def _check_alpaca(where: str, record: dict, info: dict) -> None:
     cols = {**ALPACA_DEFAULTS, **info.get("columns", {})}
-    required = ["prompt"] + ([] if info.get("ranking") else ["response"])
+    if info.get("ranking"):  # llamafactory/data/parser.py reads chosen/rejected only from the entry's columns
+        for key in ("chosen", "rejected"):
+            if key not in cols:
+                raise LfxError(f"{where}: a ranking dataset, but its entry names no 'columns.{key}' (the column "
+                               f"LLaMA-Factory reads the {key} answer from)")  # fmt: skip
+    required = ["prompt"] + (["chosen", "rejected"] if info.get("ranking") else ["response"])
     for key in required:
         col = cols[key]
         if col not in record:

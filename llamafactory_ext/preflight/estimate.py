@@ -177,7 +177,11 @@ def _steps(n: int, per_device: int, accumulation: int, world: int, args: dict[st
 
 def _hours(arch: Arch, recipe: Recipe, total_steps: int, global_batch: int, tokens: int, gpu: dict, world: int) -> float:
     full = recipe.args.get("finetuning_type", "lora") == "full"
-    flops = (8 if full else 6) * arch.params * tokens * global_batch * total_steps
+    per_token = 8 if full else 6
+    if recipe.args.get("stage") == "dpo":  # both answers of a pair, and the reference model's forward pass over them
+        reference = 0 if recipe.args.get("pref_loss", "sigmoid") in ("orpo", "simpo") else 2
+        per_token = 2 * (per_token + reference)
+    flops = per_token * arch.params * tokens * global_batch * total_steps
     return flops / (world * gpu["tflops"] * 1e12 * MFU) / 3600
 
 

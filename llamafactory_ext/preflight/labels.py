@@ -22,7 +22,9 @@ def label_sanity(recipe: Recipe, name: str, tokenizer, template, records: list[d
 
     longest = sorted(range(len(records)), key=lambda i: -sum(lengths[i]))[: LABEL_SAMPLES // 2]
     picked = sorted(set(range(min(LABEL_SAMPLES // 2, len(records)))) | set(longest))
-    sample = [records[i] for i in picked]
+    # A ranking record (DPO) holds [chosen, rejected]: its chosen answer, encoded as LLaMA-Factory's pairwise
+    # processor encodes each side (the same template encoding), is what must be trained and end with the stop token.
+    sample = [{**records[i], "_response": records[i]["_response"][:1]} for i in picked]
     data_args = lf_data_args(recipe, name)
     processor = SupervisedDatasetProcessor(template=template, tokenizer=tokenizer, processor=None, data_args=data_args)
     batch = {key: [r[key] for r in sample] for key in sample[0]}

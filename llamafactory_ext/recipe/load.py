@@ -24,7 +24,7 @@ from ..persona.dataset_entries import dataset_names
 from ..persona.templates import load_specs, without_system_prompt
 from ..secrets import refuse as refuse_secrets
 from ..validation import validate
-from .schema import LAUNCH_DEFAULTS, gpu_table, ineffective, recipe_model
+from .schema import LAUNCH_DEFAULTS, OURS, gpu_table, ineffective, recipe_model
 from .upstream_rules import check_later_rules
 
 PRESETS_FILE = REPO_ROOT / "launch" / "presets.yaml"
@@ -38,6 +38,7 @@ class Recipe:
     args: dict[str, Any]  # LLaMA-Factory arguments, as written (validated, not converted)
     launch: dict[str, Any]
     deepspeed_config: Path  # the run folder's ds_config.json for a rendered recipe, else ours for the stage
+    system_prompt_mix: dict[str, Any] | None = None  # ours (recipe.schema.SystemPromptMix), applied by render
     # Settings that do nothing, or that a --preset replaced: shown by each command once the whole recipe has
     # passed (an error stays the one line it is).
     warnings: list[str] = field(default_factory=list)
@@ -125,13 +126,14 @@ def load_recipe(path: str | Path, preset: str | None = None, launch: dict[str, A
     if launch:
         block = data.get("launch", {})
         data["launch"] = {**block, **launch} if isinstance(block, dict) else block
-    own = set(data) - {"preset", "launch"}  # what the user wrote (a preset's defaults are not surprises)
+    own = set(data) - {"preset", *OURS}  # what the user wrote (a preset's defaults are not surprises)
     warnings: list[str] = []
     data = _apply_preset(where, data, preset, warnings)
     model = validate(recipe_model(), data, where)
-    warnings += [f"{where}: {line}" for line in ineffective({k: v for k, v in data.items() if k != "launch"}, own)]
+    warnings += [f"{where}: {line}" for line in ineffective({k: v for k, v in data.items() if k not in OURS}, own)]
     block = {**LAUNCH_DEFAULTS, **model.launch.model_dump()}
-    args = {k: v for k, v in data.items() if k != "launch"}
+    args = {k: v for k, v in data.items() if k not in OURS}
+    mix = model.system_prompt_mix.model_dump() if model.system_prompt_mix else None
     if block["global_batch_size"]:
         per_device = args.get("per_device_train_batch_size", 8)
         args.setdefault("gradient_accumulation_steps", block["global_batch_size"] // (per_device * block["gpus"] * block["nodes"]))
@@ -140,7 +142,7 @@ def load_recipe(path: str | Path, preset: str | None = None, launch: dict[str, A
     if spec is not None and without_system_prompt(spec):
         warnings.append(without_system_prompt(spec))
     return Recipe(path=path, name=_run_name(path), args=args, launch=block,
-                  deepspeed_config=_deepspeed_config(where, path, block), warnings=warnings)  # fmt: skip
+                  deepspeed_config=_deepspeed_config(where, path, block), warnings=warnings, system_prompt_mix=mix)  # fmt: skip
 
 
 def _check_registries(where: str, args: dict[str, Any], zero_stage: int) -> None:

@@ -93,10 +93,31 @@ class Launch(BaseModel):
         return self
 
 
+class SystemPromptMix(BaseModel):
+    """Ours: a share of the training records trained with another system prompt than the persona's (run/system_mix.py),
+    so the persona holds when an application sends its own."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    share: Annotated[float, Field(gt=0, le=1)] = Field(description="the share of training records that get one of `prompts`")
+    prompts: Annotated[list[StrictStr], Field(min_length=1)] = Field(description="system prompts used in place of the persona's")
+
+    @field_validator("prompts")
+    @classmethod
+    def not_empty(cls, value):
+        if any(not p.strip() for p in value):
+            # llamafactory/data/template.py:144: `system = system or self.default_system`
+            raise ValueError("an empty prompt is the persona's own to LLaMA-Factory (its template puts the default system "
+                             "prompt in place of an empty one): give generic prompts, e.g. \"You are a helpful assistant.\"")
+        return value
+
+
 LAUNCH_DEFAULTS = Launch().model_dump()
+OURS = ("launch", "system_prompt_mix")  # the recipe's keys that are not LLaMA-Factory arguments
 LAUNCHER_SET = ("deepspeed", "output_dir", "dataset_dir", "resume_from_checkpoint")  # train_sft.sh passes these
-# The stages lfx runs: each has its tested path through train_sft.sh, merge, eval and upload.
-STAGES = ("sft",)
+# The stages lfx runs: each has its tested path through train_sft.sh, merge, eval and upload. dpo is the preference
+# round after SFT (LLaMA-Factory's pref_loss: sigmoid DPO by default, `pref_loss: orpo` for ORPO; pref_beta, pref_ftx).
+STAGES = ("sft", "dpo")
 
 
 class RecipeRules(BaseModel):
@@ -179,6 +200,7 @@ def recipe_model() -> type[BaseModel]:
     """The recipe schema: a field for every LLaMA-Factory argument, `launch`, and the rules above."""
     fields: dict[str, Any] = {name: (field_type(name, tp), None) for name, tp in argument_types().items()}
     fields["launch"] = (Launch, Launch())
+    fields["system_prompt_mix"] = (Optional[SystemPromptMix], None)
     return create_model("Recipe", __base__=RecipeRules, **fields)
 
 

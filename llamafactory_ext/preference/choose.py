@@ -1,0 +1,59 @@
+"""Which answer a preference pair rejects, from the persona verdicts of `lfx eval` (evaluation/persona_judge.py).
+
+For every turn a pair is made of, the tuned model and the base have answered; each answer is judged. An answer
+fails, in this order of severity: it breaks character (the lexicon's assistant phrases and names), it claims no
+persona identity where one was asked for, it loops, it did not stop (ran to the token limit), or the
+identifiability classifier finds it least like the persona (P(persona) below one half). The rejected answer is the
+tuned model's when it fails (its own mistakes are the ones to unlearn: measured on the demo, rejecting the base's
+worse failure instead left the tuned model's identity failures untouched), else the base's; a turn whose answers
+all pass gives no pair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..evaluation.persona_judge import Verdict
+
+# Most severe first: what the reason says in the pairs file.
+FAILURES = ("out of character", "no persona identity", "loop", "did not stop", "least identifiable")
+UNLIKE_PERSONA = 0.5  # P(persona) under which the classifier says an answer reads like the base, not the persona
+
+
+@dataclass(frozen=True)
+class Candidate:
+    source: str  # "tuned" or "base"
+    text: str
+    verdict: Verdict
+
+
+def failure(verdict: Verdict, identity_asked: bool) -> str | None:
+    """The most severe way an answer fails, or None when it passes."""
+    if verdict.out_of_character:
+        return FAILURES[0]
+    if identity_asked and verdict.identity is False:
+        return FAILURES[1]
+    if verdict.loop:
+        return FAILURES[2]
+    if not verdict.stopped:
+        return FAILURES[3]
+    if verdict.persona_probability is not None and verdict.persona_probability < UNLIKE_PERSONA:
+        return FAILURES[4]
+    return None
+
+
+def rejected(candidates: list[Candidate], identity_asked: bool = False) -> tuple[Candidate, str] | None:
+    """The answer to reject and why: the first candidate (the tuned model's) that fails, with its most severe
+    failure, so the round unlearns the tuned model's own mistakes; the base's only where the tuned answer passes.
+    None when every candidate passes."""
+    for candidate in candidates:
+        why = failure(candidate.verdict, identity_asked)
+        if why is not None:
+            return candidate, why
+    return None
+
+
+def passing(candidates: list[Candidate], identity_asked: bool) -> Candidate | None:
+    """The first candidate that passes (an identity probe's chosen answer when the persona has no training answer to
+    that question)."""
+    return next((c for c in candidates if failure(c.verdict, identity_asked) is None), None)

@@ -1,0 +1,194 @@
+"""`lfx pairs RUN_OR_MODEL -o DIR`: a LLaMA-Factory ranking dataset from the tuned model's failures.
+
+The run's *training* prompts (never its held-out split, which `lfx eval` measures) and the identity probes are
+answered by the tuned model and by the base, greedily, through `lfx eval`'s own generation; every answer is
+judged by `lfx eval`'s persona judge (evaluation/persona_judge.py, with the identifiability classifier trained on
+the base's and the persona's answers to the training prompts). A multi-turn record becomes one pair per assistant
+turn (the earlier turns as history: hiyouga's advice in LLaMA-Factory issue 3495).
+
+- chosen: the persona's training answer to that turn; for an identity probe (no training answer), the first answer
+  that passes (tuned, then base), else the persona's answer (naming the persona) to the training question closest
+  to the probe;
+- rejected: the tuned model's answer when it fails, else the base's (preference/choose.py); a turn whose answers
+  all pass gives no pair.
+
+DIR gets `<name>.json` (alpaca ranking records: instruction, input, history, chosen, rejected, and `why`) and
+`dataset_info.json` with its entry (`"ranking": true`): point LFX_DATASETS_DIR at DIR for a `stage: dpo` recipe.
+Everything is checked and answered first; DIR is written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import LfxError
+from ..files import dump_json, refuse_overwrite, staged_folder
+from ..inference.prompts import Answer, Prompt
+from ..persona.dataset_entries import INFO_FILE
+from . import choose
+
+COMMAND = "lfx pairs"
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One pair's question: the conversation up to a user turn, and the persona's answer to it ("" for a probe)."""
+
+    messages: Messages
+    reference: str = ""
+    probe: bool = False
+
+
+def turns(training: list[Prompt]) -> list[Turn]:
+    """Every assistant turn of every training record, with the turns before it as its history."""
+    out = []
+    for p in training:
+        if not p.reference:
+            continue
+        conversation = [m for m in p.messages if m["role"] != "system"]
+        for i, m in enumerate(conversation):
+            if m["role"] == "assistant" and i and conversation[i - 1]["role"] == "user":
+                out.append(Turn(conversation[:i], m["content"]))
+        out.append(Turn(conversation, p.reference))
+    return out
+
+
+def probe_turns(probes: list[str], held_out: list[Prompt]) -> list[Turn]:
+    """The identity probes that are not held-out prompts."""
+    held = {" ".join(p.text.casefold().split()) for p in held_out}
+    return [Turn([{"role": "user", "content": q}], probe=True) for q in probes if " ".join(q.casefold().split()) not in held]
+
+
+def record(turn: Turn, chosen: str, rejected: str, why: str) -> dict[str, Any]:
+    """A turn as an alpaca ranking record (history as [question, answer] pairs)."""
+    history = [[turn.messages[i]["content"], turn.messages[i + 1]["content"]] for i in range(0, len(turn.messages) - 1, 2)]
+    return {"instruction": turn.messages[-1]["content"], "input": "", "history": history, "chosen": chosen,
+            "rejected": rejected, "why": why}  # fmt: skip
+
+
+def entry(name: str, language: str | None) -> dict[str, Any]:
+    info: dict[str, Any] = {"file_name": f"{name}.json", "formatting": "alpaca", "ranking": True,
+                            "columns": {"prompt": "instruction", "query": "input", "history": "history",
+                                        "chosen": "chosen", "rejected": "rejected"}}  # fmt: skip
+    if language:
+        info["lfx"] = {"language": language}
+    return info
+
+
+def build(turns_: list[Turn], tuned: list[Answer], base: list[Answer], judge, training: list[Prompt]) -> list[dict]:
+    """The pairs of the judged answers: each turn's rejected answer, and its chosen one."""
+    texts = [a.text for a in tuned + base]
+    verdicts = judge.verdicts(texts, [a.stopped for a in tuned + base])
+    n = len(turns_)
+    named = _named_answers(judge, training)
+    out = []
+    for i, turn in enumerate(turns_):
+        candidates = [choose.Candidate("tuned", tuned[i].text, verdicts[i]), choose.Candidate("base", base[i].text, verdicts[n + i])]
+        worst = choose.rejected(candidates, identity_asked=turn.probe)
+        if worst is None:
+            continue
+        bad, why = worst
+        if turn.probe:
+            good = choose.passing([c for c in candidates if c is not bad], identity_asked=True)
+            chosen = good.text if good is not None else _closest(named, turn.messages[-1]["content"])
+        else:
+            chosen = turn.reference
+        if chosen and chosen.strip() != bad.text.strip():
+            out.append(record(turn, chosen, bad.text, f"{bad.source}: {why}"))
+    return out
+
+
+def _named_answers(judge, training: list[Prompt]) -> list[Prompt]:
+    """The training exchanges whose persona answer names the persona, in character."""
+    return [p for p in training if p.reference and judge.names_persona(p.reference) and not judge.out_of_character(p.reference)]
+
+
+def _closest(named: list[Prompt], question: str) -> str:
+    """For an identity probe the persona has no answer to: its answer to the training question closest to it (chrF),
+    so the probes are not all taught one memorized answer."""
+    if not named:
+        return ""
+    from ..evaluation.metrics import sentence_chrf
+
+    return max(named, key=lambda p: sentence_chrf(question, [p.text])).reference
+
+
+def pairs(path: str, out_dir: str, name: str | None = None, base: str | None = None, max_new_tokens: int = 64,
+          batch_size: int = 16, force: bool = False, say: Callable[[str], None] = lambda _line: None) -> tuple[Path, int]:  # fmt: skip
+    """Answer, judge, write DIR; (the pairs file, its record count)."""
+    from ..evaluation import conditions, identifiability
+    from ..evaluation.budget import Budget, prompt_lengths
+    from ..evaluation.heldout import held_out
+    from ..evaluation.lexicon import load_lexicon
+    from ..evaluation.persona_judge import Judge
+    from ..evaluation.targets import resolve_target
+    from ..inference import generation
+    from ..record import trained_context
+    out = Path(out_dir)
+    target = resolve_target(path, base)
+    refuse_overwrite(out, [path, base, target.path, target.base], "pairs folder")
+    from ..files import check_replaceable
+
+    check_replaceable(out, COMMAND, force)
+    name = name or f"{(target.record.get('run') or {}).get('name') or 'persona'}_pairs".replace("-", "_")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise LfxError(f"--name: '{name}' is not a dataset name (letters, digits, _ . -)")
+    try:
+        evalset = held_out(target.record, target.record_path, target.run_dir)
+    except LfxError as err:
+        raise LfxError(f"{err} (lfx pairs answers only the run's training prompts, so it needs the split that keeps the "
+                       "held-out ones out)".replace("; pass --prompts FILE", "")) from None  # fmt: skip
+    if not evalset.prompts:
+        raise LfxError(f"{target.record_path}: field 'args.val_size': the run's held-out split is empty")
+    todo = turns(evalset.training)
+    if not todo:
+        raise LfxError(f"{target.record_path}: field 'args.dataset': the run has no training prompts with the persona's "
+                       "answers to build pairs from")  # fmt: skip
+    lexicon = load_lexicon()
+    languages = target.persona.languages if target.persona else []
+    probes, _ = conditions.usable_probes(lexicon.probes, languages, evalset.training)
+    todo += probe_turns(probes, evalset.prompts)
+    tuned_tokenizer = generation.load_tokenizer(target.path if (target.path / "tokenizer_config.json").is_file() else target.base)
+    base_tokenizer = generation.load_tokenizer(target.base)
+    # Asked within the context the run trained at, as lfx eval asks (evaluation/budget.py): a turn that leaves no
+    # room for an answer is left out; each answer gets at most what its prompt leaves.
+    budget = Budget(trained_context(target.record, target.path if target.kind == "merged" else target.base), max_new_tokens)
+    lengths = {m: prompt_lengths(tok, [t.messages for t in todo]) for m, tok in (("base", base_tokenizer), ("tuned", tuned_tokenizer))}
+    kept = [i for i in range(len(todo)) if budget.room(max(lengths["base"][i], lengths["tuned"][i]))]
+    if len(kept) < len(todo):
+        say(f"note: {len(todo) - len(kept)} turns leave no room for an answer in the run's context of {budget.context} tokens: "
+            "left out")  # fmt: skip
+    todo, limits = [todo[i] for i in kept], {m: budget.limits([n[i] for i in kept]) for m, n in lengths.items()}
+    if not any(not t.probe for t in todo):
+        raise LfxError(f"{target.record_path}: field 'args.cutoff_len': no training turn fits the run's context of "
+                       f"{budget.context} tokens with room for an answer")  # fmt: skip
+    conversations = [t.messages for t in todo]
+    say(f"loading base model {target.base}")
+    model = generation.load_model(target.base)
+    say(f"answering {len(conversations)} turns ({sum(t.probe for t in todo)} identity probes): base")
+    base_answers = generation.generate(model, base_tokenizer, conversations, max_new_tokens, batch_size, limits=limits["base"])
+    model = generation.with_adapter(model, target.path) if target.kind == "adapter" else generation.load_model(target.path)
+    say(f"answering {len(conversations)} turns: tuned")
+    tuned_answers = generation.generate(model, tuned_tokenizer, conversations, max_new_tokens, batch_size,
+                                        limits=limits["tuned"])  # fmt: skip
+    del model
+    classifier = None
+    trained = [(t.reference, a.text) for t, a in zip(todo, base_answers) if not t.probe]
+    try:  # persona (its training answers) vs base (its answers to the same turns), as lfx eval trains it
+        classifier = identifiability.train([r for r, _ in trained], [b for _, b in trained])
+    except identifiability.TooFewAnswers as why:
+        say(f"note: no identifiability classifier ({why}): rejected answers are chosen by the other failures")
+    judge = Judge(lexicon, target.persona, classifier)
+    records = build(todo, tuned_answers, base_answers, judge, evalset.training)
+    if not records:
+        raise LfxError(f"{path}: every answer of the tuned model and the base to {len(todo)} training turns and probes passes "
+                       "(in character, identity, no loop, stopped, identifiable): no pair to train on")  # fmt: skip
+    with staged_folder(out, COMMAND, force) as tmp:
+        (tmp / f"{name}.json").write_text(dump_json(records), encoding="utf-8")
+        (tmp / INFO_FILE).write_text(dump_json({name: entry(name, evalset.language)}), encoding="utf-8")
+    return out / f"{name}.json", len(records)
