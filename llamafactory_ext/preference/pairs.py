@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LfxError
-from ..files import dump_json, refuse_overwrite, staged_folder
+from ..files import check_replaceable, dump_json, refuse_overwrite, staged_folder
 from ..inference.prompts import Answer, Prompt
 from ..persona.dataset_entries import INFO_FILE
 from . import choose
@@ -129,11 +129,10 @@ def pairs(path: str, out_dir: str, name: str | None = None, base: str | None = N
     from ..evaluation.targets import resolve_target
     from ..inference import generation
     from ..record import trained_context
+
     out = Path(out_dir)
     target = resolve_target(path, base)
     refuse_overwrite(out, [path, base, target.path, target.base], "pairs folder")
-    from ..files import check_replaceable
-
     check_replaceable(out, COMMAND, force)
     name = name or f"{(target.record.get('run') or {}).get('name') or 'persona'}_pairs".replace("-", "_")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
