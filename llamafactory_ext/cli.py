@@ -396,17 +396,21 @@ def eval_command(model_path, base, prompts_file, url, out_dir, as_json, max_new_
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--force", is_flag=True, help="Replace a pairs folder lfx pairs wrote before.")
-def pairs(model_path, out_dir, name, base, max_new_tokens, batch_size, force):
+@click.option("--with-base-failures", is_flag=True,
+              help="Also pair the base's failing answers on the turns the tuned model passes.")
+def pairs(model_path, out_dir, name, base, max_new_tokens, batch_size, force, with_base_failures):
     """A preference dataset from the tuned model's failures, for a `stage: dpo` round.
 
     Answers the run's training prompts (never its held-out split) and the identity probes with the tuned model
-    and the base; chosen: the persona's training answer; rejected: the answer that broke character, claimed
-    another identity, looped, did not stop or read least like the persona. Writes NAME.json and
-    dataset_info.json ("ranking": true) into the folder; train on it with LFX_DATASETS_DIR=FOLDER.
+    and the base (the base's answers judge and, for a probe, may be the chosen one); chosen: the persona's
+    training answer; rejected: the tuned model's answer that broke character, claimed another identity, looped,
+    did not stop or read least like the persona. Writes NAME.json and dataset_info.json ("ranking": true) into
+    the folder; train on it with LFX_DATASETS_DIR=FOLDER.
     """
     from .preference.pairs import pairs as make_pairs
 
-    path, count = make_pairs(model_path, out_dir, name, base, max_new_tokens, batch_size, force, say_err)
+    path, count = make_pairs(model_path, out_dir, name, base, max_new_tokens, batch_size, force, say_err,
+                             with_base_failures)  # fmt: skip
     click.echo(f"wrote {count} pairs to {path} (and {Path(out_dir) / 'dataset_info.json'})")
 
 

@@ -1,5 +1,5 @@
 """What the environment says: where the declared data lives (templates/ and datasets/ at the repository root),
-which folders lfx reads from, and whether a flag variable is on.
+which folders lfx reads from, where its cache is, and whether a flag variable is on.
 
 `LFX_TEMPLATES_DIR` and `LFX_DATASETS_DIR` point elsewhere (a pod with the data mounted apart,
 a test with its own files).
@@ -25,6 +25,16 @@ def read_folders() -> list[Path]:
     """The folders lfx reads from (no output may be, hold or lie inside one): templates, datasets, recipes and
     presets, DeepSpeed configs, the package itself."""
     return [templates_dir(), datasets_dir(), *(REPO_ROOT / name for name in ("launch", "deepspeed_configs", "llamafactory_ext"))]
+
+
+def cache_dir() -> Path:
+    """lfx's own cache (the pinned GGUF converter, remembered answers): `$LFX_CACHE_DIR`, else
+    `$XDG_CACHE_HOME/llamafactory-ext` or `~/.cache/llamafactory-ext`."""
+    explicit = os.environ.get("LFX_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "llamafactory-ext"
 
 
 def env_enabled(name: str, default: str = "0") -> bool:

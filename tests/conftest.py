@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import compat_envs
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -32,6 +33,9 @@ os.environ["HF_HUB_DISABLE_XET"] = "1"
 # a pod's /workspace: never the /workspace of the machine the tests run on, should it have one.
 os.environ["LFX_WORKSPACE"] = "/nonexistent/lfx-test-workspace"
 os.environ.setdefault("DISABLE_VERSION_CHECK", "1")
+# lfx's own cache (the pinned GGUF converter, the base models' remembered answers) beside the test environments,
+# one folder for every worker of the session, never the ~/.cache of the user running the tests.
+os.environ["LFX_CACHE_DIR"] = str(compat_envs.envs_dir() / "lfx-cache")
 
 
 # A persona conversation in Korean, as the compatibility and export tests render it: one turn, three turns, and a
@@ -355,14 +359,12 @@ def llamacpp_python() -> Path:
 
 
 @pytest.fixture(scope="session")
-def lfx_cache(tmp_path_factory) -> Path:
-    """LFX_CACHE_DIR for lfx export's converter: kept beside the test environments, so the pinned converter
-    is fetched by lfx itself (its real code path) once, not once per session, and never into ~/.cache."""
-    import compat_envs
-
-    folder = compat_envs.envs_dir() / "lfx-cache"
+def lfx_cache() -> Path:
+    """LFX_CACHE_DIR (set above for the whole session): kept beside the test environments, so the pinned converter
+    lfx export uses is fetched by lfx itself (its real code path) once, not once per session."""
+    folder = Path(os.environ["LFX_CACHE_DIR"])
+    assert folder == compat_envs.envs_dir() / "lfx-cache"
     folder.mkdir(parents=True, exist_ok=True)
-    os.environ["LFX_CACHE_DIR"] = str(folder)
     return folder
 
 

@@ -50,7 +50,8 @@ def _eval(*args: str):
 APP_PROMPT = "너는 친환경 챌린지 앱의 상담 챗봇이야. 짧고 친절하게 답해."
 
 
-def test_eval_answers_the_held_out_split_three_ways_and_is_deterministic(split_run, tiny_llama3, tmp_path):
+def test_eval_answers_the_held_out_split_three_ways_and_is_deterministic(split_run, tiny_llama3, tmp_path, monkeypatch):
+    monkeypatch.setenv("LFX_CACHE_DIR", str(tmp_path / "lfx cache 캐시"))  # this test's own: nothing remembered yet
     result = _eval(str(split_run["merged"]), "-o", str(tmp_path / "a"), "--app-prompt", APP_PROMPT)
     assert result.exit_code == 0, result.output
     assert "| persona chrF (best vs training answers) |" in result.stdout
@@ -103,9 +104,19 @@ def test_eval_answers_the_held_out_split_three_ways_and_is_deterministic(split_r
     assert "## Turn 3" in md and "## Identity probes" in md and "cross-validated AUC" in md
     assert (tmp_path / "a" / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # Asked again, the base's answers are read back from the answer cache (the base model is not even loaded);
+    # with the cache off they are generated again: the same report all three times.
+    assert cfg["base_answers_remembered"] == 0
     again = _eval(str(split_run["merged"]), "-o", str(tmp_path / "b"), "--app-prompt", APP_PROMPT)
     assert again.exit_code == 0, again.output
-    assert (tmp_path / "b" / "eval.json").read_bytes() == (tmp_path / "a" / "eval.json").read_bytes()
+    assert "loading base model" not in again.stderr and "68 answers of the base read back" in again.stderr
+    monkeypatch.setenv("LFX_ANSWER_CACHE", "0")
+    fresh = _eval(str(split_run["merged"]), "-o", str(tmp_path / "c"), "--app-prompt", APP_PROMPT)
+    assert fresh.exit_code == 0, fresh.output
+    reports = [json.loads((tmp_path / name / "eval.json").read_text(encoding="utf-8")) for name in "abc"]
+    # 14 held-out prompts and 8 probes, each as base and prompted base, and the 24 training prompts of the classifier
+    assert [r["config"].pop("base_answers_remembered") for r in reports] == [0, 2 * (14 + 8) + 24, 0]
+    assert reports[0] == reports[1] == reports[2]
 
 
 def _copy_with_record(split_run, folder: Path, **changes) -> Path:
@@ -388,6 +399,41 @@ def test_generate_caps_each_conversation_as_a_server_with_that_window_would(spli
     assert together == alone
     uncapped = generation.generate(model, tokenizer, convs[:1], 12)[0]
     assert not together[0].stopped and len(together[0].text) < len(uncapped.text)  # the cap, not the model, ended it
+
+
+def test_remembered_answers_are_the_models_own_and_another_model_asks_again(split_run, tmp_path, monkeypatch):
+    """generation.remembered: the answers it reads back are those generate gave, per conversation and cap; a model
+    folder whose files changed is another model; a cache file not as written is ignored; LFX_ANSWER_CACHE=0 is off."""
+    import shutil
+
+    from llamafactory_ext.inference import generation
+    from llamafactory_ext.inference.answer_cache import AnswerCache
+
+    monkeypatch.setenv("LFX_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "모델 copy"
+    shutil.copytree(split_run["merged"], folder)
+    model, tokenizer = generation.load(folder)
+    loads = []
+
+    def load():
+        loads.append(1)
+        return model
+
+    convs = [[{"role": "user", "content": q}] for q in ("Who are you?", "What is your suit made of?", "누구세요?")]
+    first, reused = generation.remembered(load, folder, tokenizer, convs, 12, limits=[2, 12, 5])
+    assert first == generation.generate(model, tokenizer, convs, 12, limits=[2, 12, 5]) and (reused, len(loads)) == (0, 1)
+    again, reused = generation.remembered(load, folder, tokenizer, convs, 12, limits=[2, 12, 5])
+    assert again == first and (reused, len(loads)) == (3, 1)  # read back, no model needed
+    _, reused = generation.remembered(load, folder, tokenizer, convs[:2], 12, limits=[3, 12])
+    assert (reused, len(loads)) == (1, 2)  # another cap is another question
+    cache_file = AnswerCache(folder).path
+    cache_file.write_text('{"model": "x", "answers": ', encoding="utf-8")
+    _, reused = generation.remembered(load, folder, tokenizer, convs, 12, limits=[2, 12, 5])
+    assert reused == 0 and json.loads(cache_file.read_text(encoding="utf-8"))["model"] == str(folder.resolve())
+    (folder / "generation_config.json").touch()  # the folder's files changed: another model's cache
+    assert AnswerCache(folder).path != cache_file and AnswerCache(folder).answers == {}
+    monkeypatch.setenv("LFX_ANSWER_CACHE", "0")
+    assert AnswerCache.open(folder) is None
 
 
 def test_eval_asks_within_the_runs_context_and_skips_turn_3_that_does_not_fit(split_run, tmp_path):

@@ -31,18 +31,20 @@ def _c(source: str, **kw) -> choose.Candidate:
     return choose.Candidate(source, source, _verdict(**kw))
 
 
-@pytest.mark.parametrize("tuned, base, identity, expected", [
-    ({}, {}, False, None),  # both pass
-    ({"loop": True}, {"ooc": True}, False, ("tuned", "loop")),  # the tuned model's own failure first
-    ({}, {"ooc": True, "loop": True}, False, ("base", "out of character")),  # else the base's worst
-    ({"stopped": False, "p": 0.1}, {"stopped": False}, False, ("tuned", "did not stop")),  # its most severe failure
-    ({"names": False}, {}, True, ("tuned", "no persona identity")),  # a probe's answer must name the persona
-    ({"names": False}, {}, False, None),  # an ordinary prompt need not
-    ({}, {"p": 0.1}, False, ("base", "least identifiable")),  # read like the base, not the persona
-    ({"p": 0.6}, {"p": 0.55}, False, None),  # above one half, both read like the persona
+@pytest.mark.parametrize("tuned, base, identity, with_base, expected", [
+    ({}, {}, False, True, None),  # both pass
+    ({"loop": True}, {"ooc": True}, False, True, ("tuned", "loop")),  # the tuned model's own failure first
+    ({}, {"ooc": True, "loop": True}, False, False, None),  # the base's failures only on request
+    ({}, {"ooc": True, "loop": True}, False, True, ("base", "out of character")),  # then the base's worst
+    ({"stopped": False, "p": 0.1}, {"stopped": False}, False, False, ("tuned", "did not stop")),  # its most severe
+    ({"names": False}, {}, True, False, ("tuned", "no persona identity")),  # a probe's answer must name the persona
+    ({"names": False}, {}, False, False, None),  # an ordinary prompt need not
+    ({"p": 0.1}, {}, False, False, ("tuned", "least identifiable")),  # reads like the base, not the persona
+    ({}, {"p": 0.1}, False, True, ("base", "least identifiable")),
+    ({"p": 0.6}, {"p": 0.55}, False, True, None),  # above one half, both read like the persona
 ])  # fmt: skip
-def test_the_rejected_answer_is_the_worst_failure(tuned, base, identity, expected):
-    found = choose.rejected([_c("tuned", **tuned), _c("base", **base)], identity_asked=identity)
+def test_the_rejected_answer_is_the_worst_failure(tuned, base, identity, with_base, expected):
+    found = choose.rejected([_c("tuned", **tuned), _c("base", **base)], identity_asked=identity, with_base=with_base)
     assert (found and (found[0].source, found[1])) == expected or (found is None and expected is None)
 
 
@@ -76,11 +78,12 @@ def test_pairs_are_built_from_real_verdicts_and_read_by_llamafactory(tmp_path):
             Answer("I am an AI assistant created by a company.", True), Answer("I like tea.", True)]  # fmt: skip
     training = [Prompt([{"role": "user", "content": "What is your name?"}], "Tony Stark. You knew that."),
                 Prompt([{"role": "user", "content": "Favourite car?"}], "Tony Stark drives an Audi.")]  # fmt: skip
-    pairs = build(todo, tuned, base, judge, training)
+    pairs = build(todo, tuned, base, judge, training, with_base=True)
     assert [(p["instruction"], p["chosen"], p["why"]) for p in pairs] == [
         ("Tell me about your suits.", "The Mark 85, obviously. I built it.", "tuned: out of character"),
         ("Who are you?", "I'm Tony Stark.", "base: out of character")]  # all of the coffee answers pass
-    assert build(todo[2:], tuned[2:], base[2:], judge, []) == []  # nothing fails: no pair (lfx pairs then refuses)
+    assert build(todo, tuned, base, judge, training) == pairs[:1]  # by default only the tuned model's own failures
+    assert build(todo[2:], tuned[2:], base[2:], judge, [], with_base=True) == []  # nothing fails: no pair
     # a probe both models fail: the persona's answer to the training question closest to it
     probe = [Turn([{"role": "user", "content": "What's your name?"}], probe=True)]
     failed = [Answer("I am an AI assistant.", True)]

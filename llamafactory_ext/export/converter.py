@@ -26,6 +26,7 @@ from typing import Any
 
 from ..errors import LfxError
 from ..files import atomic_write_text, dump_json, read_json
+from ..paths import cache_dir
 from ..pypi import changed, download, manifest
 
 PACKAGE = "llama-cpp-python"
@@ -36,14 +37,6 @@ KEEP_FILES = ("convert_hf_to_gguf.py", "LICENSE")
 KEEP_FOLDERS = ("conversion/", "gguf-py/")
 STAMP = ".lfx-converter.json"
 LOCK_WAIT_S = 900
-
-
-def cache_dir() -> Path:
-    explicit = os.environ.get("LFX_CACHE_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "llamafactory-ext"
 
 
 def pin() -> str:

@@ -4,9 +4,10 @@ For every turn a pair is made of, the tuned model and the base have answered; ea
 fails, in this order of severity: it breaks character (the lexicon's assistant phrases and names), it claims no
 persona identity where one was asked for, it loops, it did not stop (ran to the token limit), or the
 identifiability classifier finds it least like the persona (P(persona) below one half). The rejected answer is the
-tuned model's when it fails (its own mistakes are the ones to unlearn: measured on the demo, rejecting the base's
-worse failure instead left the tuned model's identity failures untouched), else the base's; a turn whose answers
-all pass gives no pair.
+tuned model's when it fails: its own mistakes are the ones to unlearn. Measured on the demo (docs/preference.md):
+rejecting the base's worse failure left the SFT model's identity failures untouched, and the base's failures on
+turns the SFT model passes (102 of 110 pairs) diluted the 8 that mattered; the tuned model's 8 failures alone
+took identity from 0% to 100%. The base's failures are paired only on request (`lfx pairs --with-base-failures`).
 """
 
 from __future__ import annotations
@@ -42,11 +43,11 @@ def failure(verdict: Verdict, identity_asked: bool) -> str | None:
     return None
 
 
-def rejected(candidates: list[Candidate], identity_asked: bool = False) -> tuple[Candidate, str] | None:
-    """The answer to reject and why: the first candidate (the tuned model's) that fails, with its most severe
-    failure, so the round unlearns the tuned model's own mistakes; the base's only where the tuned answer passes.
-    None when every candidate passes."""
-    for candidate in candidates:
+def rejected(candidates: list[Candidate], identity_asked: bool = False, with_base: bool = False) -> tuple[Candidate, str] | None:
+    """The answer to reject and why: the tuned model's (the first candidate) when it fails, with its most severe
+    failure, so the round unlearns the tuned model's own mistakes. With `with_base`, where the tuned answer passes, the
+    first other candidate (the base's) that fails. None when nothing to reject."""
+    for candidate in candidates if with_base else candidates[:1]:
         why = failure(candidate.verdict, identity_asked)
         if why is not None:
             return candidate, why

@@ -9,8 +9,8 @@ turn (the earlier turns as history: hiyouga's advice in LLaMA-Factory issue 3495
 - chosen: the persona's training answer to that turn; for an identity probe (no training answer), the first answer
   that passes (tuned, then base), else the persona's answer (naming the persona) to the training question closest
   to the probe;
-- rejected: the tuned model's answer when it fails, else the base's (preference/choose.py); a turn whose answers
-  all pass gives no pair.
+- rejected: the tuned model's answer when it fails (preference/choose.py); with `--with-base-failures`, where it
+  passes, the base's failing answer; a turn without a failing answer gives no pair.
 
 DIR gets `<name>.json` (alpaca ranking records: instruction, input, history, chosen, rejected, and `why`) and
 `dataset_info.json` with its entry (`"ranking": true`): point LFX_DATASETS_DIR at DIR for a `stage: dpo` recipe.
@@ -80,8 +80,10 @@ def entry(name: str, language: str | None) -> dict[str, Any]:
     return info
 
 
-def build(turns_: list[Turn], tuned: list[Answer], base: list[Answer], judge, training: list[Prompt]) -> list[dict]:
-    """The pairs of the judged answers: each turn's rejected answer, and its chosen one."""
+def build(turns_: list[Turn], tuned: list[Answer], base: list[Answer], judge, training: list[Prompt],
+          with_base: bool = False) -> list[dict]:  # fmt: skip
+    """The pairs of the judged answers: each turn's rejected answer (the tuned model's failure; with `with_base`
+    also the base's where the tuned answer passes), and its chosen one."""
     texts = [a.text for a in tuned + base]
     verdicts = judge.verdicts(texts, [a.stopped for a in tuned + base])
     n = len(turns_)
@@ -89,7 +91,7 @@ def build(turns_: list[Turn], tuned: list[Answer], base: list[Answer], judge, tr
     out = []
     for i, turn in enumerate(turns_):
         candidates = [choose.Candidate("tuned", tuned[i].text, verdicts[i]), choose.Candidate("base", base[i].text, verdicts[n + i])]
-        worst = choose.rejected(candidates, identity_asked=turn.probe)
+        worst = choose.rejected(candidates, identity_asked=turn.probe, with_base=with_base)
         if worst is None:
             continue
         bad, why = worst
@@ -119,7 +121,8 @@ def _closest(named: list[Prompt], question: str) -> str:
 
 
 def pairs(path: str, out_dir: str, name: str | None = None, base: str | None = None, max_new_tokens: int = 64,
-          batch_size: int = 16, force: bool = False, say: Callable[[str], None] = lambda _line: None) -> tuple[Path, int]:  # fmt: skip
+          batch_size: int = 16, force: bool = False, say: Callable[[str], None] = lambda _line: None,
+          with_base: bool = False) -> tuple[Path, int]:  # fmt: skip
     """Answer, judge, write DIR; (the pairs file, its record count)."""
     from ..evaluation import conditions, identifiability
     from ..evaluation.budget import Budget, prompt_lengths
@@ -167,11 +170,24 @@ def pairs(path: str, out_dir: str, name: str | None = None, base: str | None = N
         raise LfxError(f"{target.record_path}: field 'args.cutoff_len': no training turn fits the run's context of "
                        f"{budget.context} tokens with room for an answer")  # fmt: skip
     conversations = [t.messages for t in todo]
-    say(f"loading base model {target.base}")
-    model = generation.load_model(target.base)
+    loaded: dict[str, Any] = {}
+
+    def base_model():  # loaded only when an answer of the base is not remembered from lfx eval, or for the adapter
+        if "base" not in loaded:
+            say(f"loading base model {target.base}")
+            loaded["base"] = generation.load_model(target.base)
+        return loaded["base"]
+
     say(f"answering {len(conversations)} turns ({sum(t.probe for t in todo)} identity probes): base")
-    base_answers = generation.generate(model, base_tokenizer, conversations, max_new_tokens, batch_size, limits=limits["base"])
-    model = generation.with_adapter(model, target.path) if target.kind == "adapter" else generation.load_model(target.path)
+    base_answers, reused = generation.remembered(base_model, target.base, base_tokenizer, conversations, max_new_tokens,
+                                                 batch_size, limits=limits["base"])  # fmt: skip
+    if reused:
+        say(f"{reused} answers of the base read back from lfx's answer cache (LFX_ANSWER_CACHE=0 asks again)")
+    if target.kind == "adapter":
+        model = generation.with_adapter(base_model(), target.path)
+    else:
+        loaded.clear()
+        model = generation.load_model(target.path)
     say(f"answering {len(conversations)} turns: tuned")
     tuned_answers = generation.generate(model, tuned_tokenizer, conversations, max_new_tokens, batch_size,
                                         limits=limits["tuned"])  # fmt: skip
@@ -183,9 +199,10 @@ def pairs(path: str, out_dir: str, name: str | None = None, base: str | None = N
     except identifiability.TooFewAnswers as why:
         say(f"note: no identifiability classifier ({why}): rejected answers are chosen by the other failures")
     judge = Judge(lexicon, target.persona, classifier)
-    records = build(todo, tuned_answers, base_answers, judge, evalset.training)
+    records = build(todo, tuned_answers, base_answers, judge, evalset.training, with_base)
     if not records:
-        raise LfxError(f"{path}: every answer of the tuned model and the base to {len(todo)} training turns and probes passes "
+        who = "the tuned model and the base" if with_base else "the tuned model"
+        raise LfxError(f"{path}: every answer of {who} to {len(todo)} training turns and probes passes "
                        "(in character, identity, no loop, stopped, identifiable): no pair to train on")  # fmt: skip
     with staged_folder(out, COMMAND, force) as tmp:
         (tmp / f"{name}.json").write_text(dump_json(records), encoding="utf-8")
