@@ -1,9 +1,10 @@
 """`lfx pairs RUN_OR_MODEL -o DIR`: a LLaMA-Factory ranking dataset from the tuned model's failures.
 
 The run's *training* prompts (never its held-out split, which `lfx eval` measures) and the identity probes are
-answered by the tuned model and by the base, greedily, through `lfx eval`'s own generation; every answer is
-judged by `lfx eval`'s persona judge (evaluation/persona_judge.py, with the identifiability classifier trained on
-the base's and the persona's answers to the training prompts). A multi-turn record becomes one pair per assistant
+answered by the tuned model, greedily, through `lfx eval`'s own generation; the base answers the probes and lfx
+eval's identifiability sample (every turn with `--with-base-failures`), read back from the answer cache when lfx
+eval asked them before. Every answer is judged by `lfx eval`'s persona judge (evaluation/persona_judge.py, with the
+identifiability classifier trained as lfx eval trains it). A multi-turn record becomes one pair per assistant
 turn (the earlier turns as history: hiyouga's advice in LLaMA-Factory issue 3495).
 
 - chosen: the persona's training answer to that turn; for an identity probe (no training answer), the first answer
@@ -80,17 +81,20 @@ def entry(name: str, language: str | None) -> dict[str, Any]:
     return info
 
 
-def build(turns_: list[Turn], tuned: list[Answer], base: list[Answer], judge, training: list[Prompt],
+def build(turns_: list[Turn], tuned: list[Answer], base: list[Answer | None], judge, training: list[Prompt],
           with_base: bool = False) -> list[dict]:  # fmt: skip
     """The pairs of the judged answers: each turn's rejected answer (the tuned model's failure; with `with_base`
-    also the base's where the tuned answer passes), and its chosen one."""
-    texts = [a.text for a in tuned + base]
-    verdicts = judge.verdicts(texts, [a.stopped for a in tuned + base])
-    n = len(turns_)
+    also the base's where the tuned answer passes), and its chosen one. `base`: None for a turn the base did not
+    answer."""
+    asked = [(i, "tuned", a) for i, a in enumerate(tuned)] + [(i, "base", a) for i, a in enumerate(base) if a is not None]
+    verdicts = judge.verdicts([a.text for _, _, a in asked], [a.stopped for _, _, a in asked])
+    by_turn: dict[int, list[choose.Candidate]] = {}
+    for (i, source, answer), verdict in zip(asked, verdicts):  # the tuned model's answer first
+        by_turn.setdefault(i, []).append(choose.Candidate(source, answer.text, verdict))
     named = _named_answers(judge, training)
     out = []
     for i, turn in enumerate(turns_):
-        candidates = [choose.Candidate("tuned", tuned[i].text, verdicts[i]), choose.Candidate("base", base[i].text, verdicts[n + i])]
+        candidates = by_turn[i]
         worst = choose.rejected(candidates, identity_asked=turn.probe, with_base=with_base)
         if worst is None:
             continue
@@ -170,6 +174,15 @@ def pairs(path: str, out_dir: str, name: str | None = None, base: str | None = N
         raise LfxError(f"{target.record_path}: field 'args.cutoff_len': no training turn fits the run's context of "
                        f"{budget.context} tokens with room for an answer")  # fmt: skip
     conversations = [t.messages for t in todo]
+    # The base answers the probes (a passing answer of its may be a probe's chosen one) and lfx eval's own
+    # identifiability sample (its classifier, trained as lfx eval trains it): the same conversations lfx eval asked,
+    # so their answers are read back from the answer cache after lfx eval; every turn with --with-base-failures.
+    asked_base = [i for i, t in enumerate(todo) if t.probe or with_base]
+    sample = conditions.identifiability_sample(evalset.training)
+    sample_lengths = prompt_lengths(base_tokenizer, [list(p.messages) for p in sample])
+    sample = [p for p, n in zip(sample, sample_lengths) if budget.room(n)]
+    base_convs = [conversations[i] for i in asked_base] + [list(p.messages) for p in sample]
+    base_limits = [limits["base"][i] for i in asked_base] + budget.limits([n for n in sample_lengths if budget.room(n)])
     loaded: dict[str, Any] = {}
 
     def base_model():  # loaded only when an answer of the base is not remembered from lfx eval, or for the adapter
@@ -178,24 +191,27 @@ def pairs(path: str, out_dir: str, name: str | None = None, base: str | None = N
             loaded["base"] = generation.load_model(target.base)
         return loaded["base"]
 
-    say(f"answering {len(conversations)} turns ({sum(t.probe for t in todo)} identity probes): base")
-    base_answers, reused = generation.remembered(base_model, target.base, base_tokenizer, conversations, max_new_tokens,
-                                                 batch_size, limits=limits["base"])  # fmt: skip
+    say(f"answering {len(base_convs)} conversations ({len(asked_base)} turns or probes, {len(sample)} for the "
+        "identifiability classifier): base")  # fmt: skip
+    replies, reused = generation.remembered(base_model, target.base, base_tokenizer, base_convs, max_new_tokens,
+                                            batch_size, limits=base_limits)  # fmt: skip
     if reused:
         say(f"{reused} answers of the base read back from lfx's answer cache (LFX_ANSWER_CACHE=0 asks again)")
+    base_answers: list[Answer | None] = [None] * len(todo)
+    for i, answer in zip(asked_base, replies):
+        base_answers[i] = answer
     if target.kind == "adapter":
         model = generation.with_adapter(base_model(), target.path)
     else:
         loaded.clear()
         model = generation.load_model(target.path)
-    say(f"answering {len(conversations)} turns: tuned")
+    say(f"answering {len(conversations)} turns ({sum(t.probe for t in todo)} identity probes): tuned")
     tuned_answers = generation.generate(model, tuned_tokenizer, conversations, max_new_tokens, batch_size,
                                         limits=limits["tuned"])  # fmt: skip
     del model
     classifier = None
-    trained = [(t.reference, a.text) for t, a in zip(todo, base_answers) if not t.probe]
-    try:  # persona (its training answers) vs base (its answers to the same turns), as lfx eval trains it
-        classifier = identifiability.train([r for r, _ in trained], [b for _, b in trained])
+    try:  # persona (its training answers) vs base (its answers to the same prompts), as lfx eval trains it
+        classifier = identifiability.train([p.reference for p in sample], [a.text for a in replies[len(asked_base) :]])
     except identifiability.TooFewAnswers as why:
         say(f"note: no identifiability classifier ({why}): rejected answers are chosen by the other failures")
     judge = Judge(lexicon, target.persona, classifier)
