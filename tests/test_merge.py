@@ -466,15 +466,15 @@ def test_an_interrupt_while_writing_surfaces_as_itself(tiny_llama3, tmp_path, mo
 
     base = _sharded_base(tiny_llama3, tmp_path)
     adapter = _make_adapter(base, tmp_path / "adapter", r=4, target_modules="all-linear")
-    real, calls = merge_module.open_shard, []
+    real, calls = merge_module.read_into, []
 
-    def interrupted(path):  # the shard is opened once per tensor it reads
-        calls.append(path)
+    def interrupted(file, entry, buffer):  # called once per tensor it merges
+        calls.append(entry.name)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(path)
+        return real(file, entry, buffer)
 
-    monkeypatch.setattr(merge_module, "open_shard", interrupted)
+    monkeypatch.setattr(merge_module, "read_into", interrupted)
     with pytest.raises(KeyboardInterrupt):
         merge_module.merge(adapter, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

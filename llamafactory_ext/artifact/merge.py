@@ -22,7 +22,7 @@ from ..errors import LfxError
 from ..files import atomic_write_text, check_replaceable, dump_json, read_json, refuse_overwrite, staged_folder
 from ..models import resolve
 from .adapter import ADAPTER_CONFIG, Adapter, LoraModule, check_not_stacked, load_adapter
-from .shards import DTYPE_BYTES, Header, ShardWriter, open_shard, read_header, torch_dtype
+from .shards import DTYPE_BYTES, Header, ShardWriter, read_header, read_into, torch_dtype
 from .tokenizer_files import PERSONA_RECORD, recorded_persona_tokenizer, write_persona_tokenizer, write_stop_ids
 
 COMMAND = "lfx merge"  # what its output folder's marker names: --force replaces only a folder it wrote
@@ -99,11 +99,12 @@ def check_match(adapter: Adapter, base: Path, base_arg: str | None, weight_map: 
                            f"base, {list(tensor.shape)} in the adapter")  # fmt: skip
 
 
-def _merge_tensor(weight, lora: LoraModule):
+def _merge_tensor(weight, lora: LoraModule, buffers: dict):
     """Merge `lora` into `weight` in place with peft's own LoRA layer (its merge(): get_delta_weight with the
     rsLoRA scaling and fan_in_fan_out, DoRA's magnitude), in fp32, stored back in the weight's dtype. A block of
     output features at a time: each one's merged values depend only on its own rows of B and of the magnitude,
-    and blocks of a few MB bound the fp32 work whatever the tensor's size (and reuse the same memory)."""
+    and blocks of a few MB bound the fp32 work whatever the tensor's size (and reuse the same memory: the fp32
+    copy of each block goes into one buffer of `buffers`)."""
     import torch
 
     axis = lora.out_axis
@@ -112,10 +113,25 @@ def _merge_tensor(weight, lora: LoraModule):
     with torch.no_grad():
         for start in range(0, size, step):
             block = weight.narrow(axis, start, min(step, size - start))
-            layer = lora.layer(block.to(torch.float32), slice(start, start + block.shape[axis]))
+            if block.dtype == torch.float32:
+                work = block  # as block.to(torch.float32) gives it: merged in place
+            else:
+                work = _buffer(buffers, torch.float32, block.numel()).view(block.shape).copy_(block)
+            layer = lora.layer(work, slice(start, start + block.shape[axis]))
             layer.merge()
             block.copy_(layer.get_base_layer().weight)
     return weight
+
+
+def _buffer(buffers: dict, dtype, numel: int):
+    """The first `numel` elements of the buffer of `dtype` in `buffers`, grown when too small: memory reused from
+    tensor to tensor and block to block, whose pages are faulted in once instead of once per allocation."""
+    import torch
+
+    if dtype not in buffers or buffers[dtype].numel() < numel:
+        buffers.pop(dtype, None)
+        buffers[dtype] = torch.empty(numel, dtype=dtype)
+    return buffers[dtype][:numel]
 
 
 def _layout(header: Header, adapter: Adapter) -> list[tuple[str, str, tuple[int, ...]]]:
@@ -125,22 +141,30 @@ def _layout(header: Header, adapter: Adapter) -> list[tuple[str, str, tuple[int,
 
 
 def _write_shard(src: Path, dst: Path, adapter: Adapter) -> int:
-    """Stream one shard into `dst`, a tensor at a time, merging the adapter's updates; returns its bytes."""
+    """Stream one shard into `dst`, a tensor at a time, merging the adapter's updates; returns its bytes.
+
+    The shard is never mapped (safe_open's get_tensor maps it, and every page of a mapped tensor costs a page
+    fault, and one more, copy-on-write, when it is merged in place): the tensors to merge are read into one buffer
+    reused from tensor to tensor, the others are copied into `dst` by the kernel without entering the process."""
+    import torch
+
     header = read_header(src)
     writer = ShardWriter(dst, _layout(header, adapter), {**header.metadata, "format": "pt"})
+    buffers: dict = {}
     try:
-        for entry in header.entries:
-            if entry.name in adapter.full:
-                tensor = adapter.full[entry.name].to(torch_dtype(entry.dtype), copy=True)  # merged in place
-            else:
-                # Opened per tensor: safe_open maps the file, and the pages a read touches stay resident until the
-                # map is closed; closing after each tensor keeps the peak at one tensor, not one shard.
-                with open_shard(src) as f:
-                    tensor = f.get_tensor(entry.name)
-            if entry.name in adapter.pairs:
-                tensor = _merge_tensor(tensor, adapter.pairs[entry.name])
-            writer.write(entry.name, tensor)
-            del tensor
+        with open(src, "rb", buffering=0) as file:
+            for entry in header.entries:
+                if entry.name in adapter.full:
+                    tensor = adapter.full[entry.name].to(torch_dtype(entry.dtype), copy=True)  # merged in place
+                elif entry.name in adapter.pairs:
+                    tensor = read_into(file, entry, _buffer(buffers, torch.uint8, entry.nbytes))
+                else:
+                    writer.copy(file, entry)
+                    continue
+                if entry.name in adapter.pairs:
+                    tensor = _merge_tensor(tensor, adapter.pairs[entry.name], buffers)
+                writer.write(entry.name, tensor)
+                del tensor
     except BaseException:
         writer.abort()  # the error that stopped the writing surfaces, not a complaint about missing tensors
         raise

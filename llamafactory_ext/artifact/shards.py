@@ -1,5 +1,6 @@
-"""Safetensors shards: read with safetensors' own `safe_open` (it validates the header against the file),
-written one tensor at a time by a streaming writer (none exists upstream).
+"""Safetensors shards: headers read with safetensors' own `safe_open` (it validates the header against the file),
+tensors read with plain reads at the offsets of that validated header, written one tensor at a time by a
+streaming writer (none exists upstream).
 
 `safetensors.torch.save_file` needs every tensor of a shard in memory at once and serializes them
 into one more buffer; a merge that streams (read a tensor, update it, write it, forget it) keeps its
@@ -9,8 +10,10 @@ length, a JSON header (dtype, shape, data_offsets per tensor, optional __metadat
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import struct
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +31,7 @@ class Entry:
     name: str
     dtype: str
     shape: tuple[int, ...]
+    offset: int = 0  # where its data starts in the file
 
     @property
     def nbytes(self) -> int:
@@ -75,14 +79,32 @@ def open_shard(path: str | Path) -> Iterator[Any]:
 def read_header(path: str | Path) -> Header:
     """Names, dtypes and shapes of a shard's tensors, and its metadata (validated by safetensors)."""
     with open_shard(path) as f:
+        with open(path, "rb") as raw:  # the data offsets, which safe_open checked but does not tell
+            size = struct.unpack("<Q", raw.read(8))[0]
+            offsets = {name: 8 + size + info["data_offsets"][0] for name, info in json.loads(raw.read(size)).items()
+                       if name != "__metadata__"}  # fmt: skip
         entries = []
         for name in f.keys():
             piece = f.get_slice(name)
             dtype = piece.get_dtype()
             if dtype not in DTYPE_BYTES:
                 raise LfxError(f"{path}: tensor '{name}': dtype {dtype} is not one lfx merge writes")
-            entries.append(Entry(name, dtype, tuple(piece.get_shape())))
+            entries.append(Entry(name, dtype, tuple(piece.get_shape()), offsets[name]))
         return Header(Path(path), entries, dict(f.metadata() or {}))
+
+
+def read_into(file, entry: Entry, buffer):
+    """`entry`'s tensor read from the open shard `file` into the start of `buffer` (a uint8 tensor at least
+    entry.nbytes long): a plain read, so no page of the shard is mapped into the process and a buffer reused from
+    tensor to tensor costs its page faults once."""
+    view = memoryview(buffer[: entry.nbytes].numpy())
+    done = 0
+    while done < entry.nbytes:
+        got = os.preadv(file.fileno(), [view[done:]], entry.offset + done)
+        if got == 0:
+            raise LfxError(f"{file.name}: cut short while reading tensor '{entry.name}'")
+        done += got
+    return buffer[: entry.nbytes].view(torch_dtype(entry.dtype)).view(entry.shape)
 
 
 def torch_dtype(name: str):
@@ -108,19 +130,48 @@ class ShardWriter:
         self.total = offset
         blob = json.dumps(header, separators=(",", ":")).encode()
         blob += b" " * (-len(blob) % 8)  # data aligned to 8 bytes, as safetensors itself writes
-        self.file = open(path, "wb")
-        self.file.write(struct.pack("<Q", len(blob)) + blob)
+        self.file = open(path, "wb", buffering=0)  # unbuffered: tensors are written whole, copies go through the fd
+        self._write(memoryview(struct.pack("<Q", len(blob)) + blob))
         self.index = 0
+
+    def _write(self, data: memoryview) -> None:
+        while data:
+            data = data[self.file.write(data) :]
+
+    def _next(self, name: str, nbytes: int) -> None:
+        expected_name, size = self.expected[self.index]
+        if name != expected_name or nbytes != size:
+            raise RuntimeError(f"shard writer: got {name} ({nbytes} bytes), expected {expected_name} ({size} bytes)")
 
     def write(self, name: str, tensor) -> None:
         import torch
 
-        expected_name, size = self.expected[self.index]
         data = tensor.contiguous().view(-1).view(torch.uint8).numpy()  # a view: written without a copy
-        if name != expected_name or data.nbytes != size:
-            raise RuntimeError(f"shard writer: got {name} ({data.nbytes} bytes), expected {expected_name} ({size} bytes)")
-        self.file.write(data)
+        self._next(name, data.nbytes)
+        self._write(memoryview(data).cast("B"))
         self.index += 1
+
+    def copy(self, file, entry: Entry) -> None:
+        """`entry`'s bytes copied unchanged from the open shard `file`, inside the kernel (sendfile): nothing is
+        read into the process."""
+        self._next(entry.name, entry.nbytes)
+        offset, end = entry.offset, entry.offset + entry.nbytes
+        while offset < end:
+            try:
+                sent = os.sendfile(self.file.fileno(), file.fileno(), offset, min(end - offset, 2**30))
+            except OSError as err:
+                if err.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise  # a full disk, a file size limit: the error itself
+                sent = self._write_read(file, offset, min(end - offset, 2**24))  # no sendfile for these files
+            if sent == 0:
+                raise LfxError(f"{file.name}: cut short while reading tensor '{entry.name}'")
+            offset += sent
+        self.index += 1
+
+    def _write_read(self, file, offset: int, size: int) -> int:
+        data = os.pread(file.fileno(), size, offset)
+        self._write(memoryview(data))
+        return len(data)
 
     def close(self) -> None:
         """Finish the file; it must hold every tensor of the layout."""
