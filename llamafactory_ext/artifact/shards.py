@@ -160,7 +160,7 @@ class ShardWriter:
             try:
                 sent = os.sendfile(self.file.fileno(), file.fileno(), offset, min(end - offset, 2**30))
             except OSError as err:
-                if err.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                if err.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSOCK):  # macOS: sockets only
                     raise  # a full disk, a file size limit: the error itself
                 sent = self._write_read(file, offset, min(end - offset, 2**24))  # no sendfile for these files
             if sent == 0:
