@@ -103,37 +103,18 @@ def evaluate(path: str | Path, base: str | None = None, prompts_file: str | None
         jobs[v.model][f"{v.key} probes"] = conditions.probe_conversations(v, probes, evalset.prompts)
     jobs["base"]["identifiability"] = [list(p.messages) for p in sample]
     answers: dict[str, list[Answer]] = {}
-    loaded: dict[str, Any] = {}
-
-    def base_model():  # loaded once, and only when an answer of the base is not remembered or the adapter needs it
-        if "base" not in loaded:
-            say(f"loading base model {target.base}")
-            loaded["base"] = generation.load_model(target.base)
-        return loaded["base"]
-
+    models = generation.TargetModels(target.base, target.path, target.kind == "adapter", say)
     say(f"answering {sum(map(len, jobs['base'].values()))} conversations: base and prompted base")
-    reused = [0]
-
-    def base_answers(convs, caps):
-        replies, reused[0] = generation.remembered(base_model, target.base, base_tokenizer, convs, max_new_tokens,
-                                                   batch_size, limits=caps)  # fmt: skip
-        return replies
-
-    answers |= _answer(base_answers, jobs["base"], base_tokenizer, budget)
-    if reused[0]:
-        say(f"{reused[0]} answers of the base read back from lfx's answer cache (LFX_ANSWER_CACHE=0 asks again)")
+    answers |= _answer(lambda convs, caps: models.base_answers(base_tokenizer, convs, max_new_tokens, batch_size,
+                                                               limits=caps), jobs["base"], base_tokenizer, budget)  # fmt: skip
     count = sum(map(len, jobs["tuned"].values()))
     if url:
-        loaded.clear()
+        models.release()
         say(f"answering {count} conversations: tuned, served at {url}")
         answers |= _answer(lambda convs, caps: [openai_client.chat(url, model_id, c, n, 0.0) for c, n in zip(convs, caps)],
                            jobs["tuned"], tuned_tokenizer, budget)  # fmt: skip
     else:
-        if target.kind == "adapter":
-            model = generation.with_adapter(base_model(), target.path)
-        else:
-            loaded.clear()
-            model = generation.load_model(target.path)
+        model = models.tuned()
         say(f"answering {count} conversations: tuned")
         answers |= _answer(lambda convs, caps: generation.generate(model, tuned_tokenizer, convs, max_new_tokens,
                                                                    batch_size, limits=caps), jobs["tuned"], tuned_tokenizer, budget)  # fmt: skip
@@ -141,7 +122,7 @@ def evaluate(path: str | Path, base: str | None = None, prompts_file: str | None
     if dropped:
         judges.config["probes_dropped_as_training_prompts"] = dropped
     judges.config["context"] = budget.context
-    judges.config["base_answers_remembered"] = reused[0]
+    judges.config["base_answers_remembered"] = models.reused
     if beyond:
         judges.config["prompts_beyond_context"] = beyond
     if beyond and note:

@@ -5,6 +5,7 @@ declares (generation_config's eos ids, then the tokenizer's eos)."""
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import LfxError
@@ -145,3 +146,39 @@ def remembered(load, folder: Path, tokenizer, conversations: list[list[dict[str,
         if cache:
             cache.put([(texts[i], caps[i], answer) for i, answer in zip(todo, new)])
     return [a for a in found if a is not None], len(conversations) - len(todo)
+
+
+class TargetModels:
+    """A fine-tune's two models for commands that ask both (lfx eval, lfx pairs): the base, loaded once and only when
+    one of its answers is not remembered or the adapter needs it; then the tuned model, an adapter over that base or
+    a merged folder (the base freed first)."""
+
+    def __init__(self, base: Path, tuned: Path, adapter: bool, say: Callable[[str], None]):
+        self.base_dir, self.tuned_dir, self.adapter, self.say = base, tuned, adapter, say
+        self._base = None
+        self.reused = 0  # the base's answers read back so far
+
+    def base(self):
+        if self._base is None:
+            self.say(f"loading base model {self.base_dir}")
+            self._base = load_model(self.base_dir)
+        return self._base
+
+    def base_answers(self, tokenizer, conversations: list[list[dict[str, str]]], max_new_tokens: int, batch_size: int,
+                     limits: list[int] | None = None) -> list[Answer]:  # fmt: skip
+        """The base's greedy answers, those it gave before read back (`remembered`), which the line on `say` counts."""
+        answers, reused = remembered(self.base, self.base_dir, tokenizer, conversations, max_new_tokens, batch_size, limits)
+        self.reused += reused
+        if reused:
+            self.say(f"{reused} answers of the base read back from lfx's answer cache (LFX_ANSWER_CACHE=0 asks again)")
+        return answers
+
+    def tuned(self):
+        if self.adapter:
+            return with_adapter(self.base(), self.tuned_dir)
+        self._base = None
+        return load_model(self.tuned_dir)
+
+    def release(self) -> None:
+        self._base = None
+

@@ -183,32 +183,19 @@ def pairs(path: str, out_dir: str, name: str | None = None, base: str | None = N
     sample = [p for p, n in zip(sample, sample_lengths) if budget.room(n)]
     base_convs = [conversations[i] for i in asked_base] + [list(p.messages) for p in sample]
     base_limits = [limits["base"][i] for i in asked_base] + budget.limits([n for n in sample_lengths if budget.room(n)])
-    loaded: dict[str, Any] = {}
-
-    def base_model():  # loaded only when an answer of the base is not remembered from lfx eval, or for the adapter
-        if "base" not in loaded:
-            say(f"loading base model {target.base}")
-            loaded["base"] = generation.load_model(target.base)
-        return loaded["base"]
-
+    models = generation.TargetModels(target.base, target.path, target.kind == "adapter", say)
     say(f"answering {len(base_convs)} conversations ({len(asked_base)} turns or probes, {len(sample)} for the "
         "identifiability classifier): base")  # fmt: skip
-    replies, reused = generation.remembered(base_model, target.base, base_tokenizer, base_convs, max_new_tokens,
-                                            batch_size, limits=base_limits)  # fmt: skip
-    if reused:
-        say(f"{reused} answers of the base read back from lfx's answer cache (LFX_ANSWER_CACHE=0 asks again)")
+    replies = models.base_answers(base_tokenizer, base_convs, max_new_tokens, batch_size, limits=base_limits)
     base_answers: list[Answer | None] = [None] * len(todo)
     for i, answer in zip(asked_base, replies):
         base_answers[i] = answer
-    if target.kind == "adapter":
-        model = generation.with_adapter(base_model(), target.path)
-    else:
-        loaded.clear()
-        model = generation.load_model(target.path)
+    model = models.tuned()
     say(f"answering {len(conversations)} turns ({sum(t.probe for t in todo)} identity probes): tuned")
     tuned_answers = generation.generate(model, tuned_tokenizer, conversations, max_new_tokens, batch_size,
                                         limits=limits["tuned"])  # fmt: skip
     del model
+    models.release()
     classifier = None
     try:  # persona (its training answers) vs base (its answers to the same prompts), as lfx eval trains it
         classifier = identifiability.train([p.reference for p in sample], [a.text for a in replies[len(asked_base) :]])
