@@ -27,8 +27,8 @@ def _verdict(ooc=False, names=True, loop=False, stopped=True, p=0.9) -> Verdict:
     return Verdict(names, ooc, loop, stopped, p)
 
 
-def _c(source: str, **kw) -> choose.Candidate:
-    return choose.Candidate(source, source, _verdict(**kw))
+def _c(source: str, copied: bool = False, **kw) -> choose.Candidate:
+    return choose.Candidate(source, source, _verdict(**kw), copied)
 
 
 @pytest.mark.parametrize("tuned, base, identity, with_base, expected", [
@@ -42,6 +42,8 @@ def _c(source: str, **kw) -> choose.Candidate:
     ({"p": 0.1}, {}, False, False, ("tuned", "least identifiable")),  # reads like the base, not the persona
     ({}, {"p": 0.1}, False, True, ("base", "least identifiable")),
     ({"p": 0.6}, {"p": 0.55}, False, True, None),  # above one half, both read like the persona
+    ({"copied": True, "p": 0.1}, {}, False, False, ("tuned", "copies another answer")),  # a stock answer, reused
+    ({"copied": True, "stopped": False}, {}, False, False, ("tuned", "did not stop")),
 ])  # fmt: skip
 def test_the_rejected_answer_is_the_worst_failure(tuned, base, identity, with_base, expected):
     found = choose.rejected([_c("tuned", **tuned), _c("base", **base)], identity_asked=identity, with_base=with_base)
@@ -71,27 +73,33 @@ def test_pairs_are_built_from_real_verdicts_and_read_by_llamafactory(tmp_path):
     judge = Judge(load_lexicon(), TONY)
     todo = [Turn([{"role": "user", "content": "Tell me about your suits."}], "The Mark 85, obviously. I built it."),
             Turn([{"role": "user", "content": "Who are you?"}], probe=True),
-            Turn([{"role": "user", "content": "Coffee?"}], "Espresso, Tony Stark style.")]  # fmt: skip
+            Turn([{"role": "user", "content": "Coffee?"}], "Espresso, Tony Stark style."),
+            Turn([{"role": "user", "content": "What do you drive?"}], "Whatever I built last week.")]  # fmt: skip
     tuned = [Answer("As an AI language model, I don't have suits.", True), Answer("I'm Tony Stark.", True),
-             Answer("Espresso, obviously.", True)]  # fmt: skip
+             Answer("Espresso, obviously.", True), Answer("Tony Stark drives an Audi R8, naturally.", True)]  # fmt: skip
     base = [Answer("Suits suits suits suits suits suits suits suits suits suits suits suits", False),
-            Answer("I am an AI assistant created by a company.", True), Answer("I like tea.", True)]  # fmt: skip
-    training = [Prompt([{"role": "user", "content": "What is your name?"}], "Tony Stark. You knew that."),
-                Prompt([{"role": "user", "content": "Favourite car?"}], "Tony Stark drives an Audi.")]  # fmt: skip
+            Answer("I am an AI assistant created by a company.", True), Answer("I like tea.", True),
+            Answer("A car.", True)]  # fmt: skip
+    training = [Prompt([{"role": "user", "content": "What is your name?"}], "Tony Stark. You knew that, I hope."),
+                Prompt([{"role": "user", "content": "Favourite car?"}], "Tony Stark drives an Audi R8, naturally."),
+                Prompt([{"role": "user", "content": "Coffee?"}], "Espresso, Tony Stark style.")]  # fmt: skip
     pairs = build(todo, tuned, base, judge, training, with_base=True)
     assert [(p["instruction"], p["chosen"], p["why"]) for p in pairs] == [
         ("Tell me about your suits.", "The Mark 85, obviously. I built it.", "tuned: out of character"),
-        ("Who are you?", "I'm Tony Stark.", "base: out of character")]  # all of the coffee answers pass
-    assert build(todo, tuned, base, judge, training) == pairs[:1]  # by default only the tuned model's own failures
-    assert build(todo[2:], tuned[2:], base[2:], judge, [], with_base=True) == []  # nothing fails: no pair
-    # a probe both models fail: the persona's answer to the training question closest to it
+        ("Who are you?", "I'm Tony Stark.", "base: out of character"),
+        # the answer to another training prompt, word for word: lfx eval's copying test
+        ("What do you drive?", "Whatever I built last week.", "tuned: copies another answer")]
+    assert build(todo, tuned, base, judge, training) == [pairs[0], pairs[2]]  # by default the tuned model's failures
+    assert build(todo[2:3], tuned[2:3], base[2:3], judge, [], with_base=True) == []  # nothing fails: no pair
+    # a probe both models fail: the sentences naming the persona in its answer to the closest training question,
+    # not the whole answer (taught as every probe's answer, it was given to other questions)
     probe = [Turn([{"role": "user", "content": "What's your name?"}], probe=True)]
     failed = [Answer("I am an AI assistant.", True)]
-    assert build(probe, failed, failed, judge, training)[0]["chosen"] == "Tony Stark. You knew that."
+    assert build(probe, failed, failed, judge, training)[0]["chosen"] == "Tony Stark."
     write_json(tmp_path / "p.json", pairs)
     write_json(tmp_path / "dataset_info.json", {"p": entry("p", "en")})
     loaded = load_entries(tmp_path, names=["p"])["p"]
-    assert check_entry(loaded) == 2
+    assert check_entry(loaded) == 3
     attr = get_dataset_list(["p"], str(tmp_path))[0]
     converted = get_dataset_converter("alpaca", attr, DataArguments(dataset="p", dataset_dir=str(tmp_path)))(pairs[0])
     assert [m["content"] for m in converted["_response"]] == [pairs[0]["chosen"], pairs[0]["rejected"]]

@@ -2,8 +2,9 @@
 
 For every turn a pair is made of, the tuned model and the base have answered; each answer is judged. An answer
 fails, in this order of severity: it breaks character (the lexicon's assistant phrases and names), it claims no
-persona identity where one was asked for, it loops, it did not stop (ran to the token limit), or the
-identifiability classifier finds it least like the persona (P(persona) below one half). The rejected answer is the
+persona identity where one was asked for, it loops, it did not stop (ran to the token limit), it copies training
+answers to other prompts (lfx eval's copying test, evaluation/copying.py), or the identifiability classifier finds
+it least like the persona (P(persona) below one half). The rejected answer is the
 tuned model's when it fails: its own mistakes are the ones to unlearn. Measured on the demo (docs/preference.md):
 rejecting the base's worse failure left the SFT model's identity failures untouched, and the base's failures on
 turns the SFT model passes (102 of 110 pairs) diluted the 8 that mattered; the tuned model's 8 failures alone
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 from ..evaluation.persona_judge import Verdict
 
 # Most severe first: what the reason says in the pairs file.
-FAILURES = ("out of character", "no persona identity", "loop", "did not stop", "least identifiable")
+FAILURES = ("out of character", "no persona identity", "loop", "did not stop", "copies another answer",
+            "least identifiable")
 UNLIKE_PERSONA = 0.5  # P(persona) under which the classifier says an answer reads like the base, not the persona
 
 
@@ -26,9 +28,10 @@ class Candidate:
     source: str  # "tuned" or "base"
     text: str
     verdict: Verdict
+    copied: bool = False  # repeats training answers to other prompts (evaluation/copying.py)
 
 
-def failure(verdict: Verdict, identity_asked: bool) -> str | None:
+def failure(verdict: Verdict, identity_asked: bool, copied: bool = False) -> str | None:
     """The most severe way an answer fails, or None when it passes."""
     if verdict.out_of_character:
         return FAILURES[0]
@@ -38,8 +41,10 @@ def failure(verdict: Verdict, identity_asked: bool) -> str | None:
         return FAILURES[2]
     if not verdict.stopped:
         return FAILURES[3]
-    if verdict.persona_probability is not None and verdict.persona_probability < UNLIKE_PERSONA:
+    if copied:
         return FAILURES[4]
+    if verdict.persona_probability is not None and verdict.persona_probability < UNLIKE_PERSONA:
+        return FAILURES[5]
     return None
 
 
@@ -48,7 +53,7 @@ def rejected(candidates: list[Candidate], identity_asked: bool = False, with_bas
     failure, so the round unlearns the tuned model's own mistakes. With `with_base`, where the tuned answer passes, the
     first other candidate (the base's) that fails. None when nothing to reject."""
     for candidate in candidates if with_base else candidates[:1]:
-        why = failure(candidate.verdict, identity_asked)
+        why = failure(candidate.verdict, identity_asked, candidate.copied)
         if why is not None:
             return candidate, why
     return None
@@ -57,4 +62,4 @@ def rejected(candidates: list[Candidate], identity_asked: bool = False, with_bas
 def passing(candidates: list[Candidate], identity_asked: bool) -> Candidate | None:
     """The first candidate that passes (an identity probe's chosen answer when the persona has no training answer to
     that question)."""
-    return next((c for c in candidates if failure(c.verdict, identity_asked) is None), None)
+    return next((c for c in candidates if failure(c.verdict, identity_asked, c.copied) is None), None)

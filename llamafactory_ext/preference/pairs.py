@@ -8,9 +8,11 @@ identifiability classifier trained as lfx eval trains it). A multi-turn record b
 turn (the earlier turns as history: hiyouga's advice in LLaMA-Factory issue 3495).
 
 - chosen: the persona's training answer to that turn; for an identity probe (no training answer), the first answer
-  that passes (tuned, then base), else the persona's answer (naming the persona) to the training question closest
-  to the probe;
-- rejected: the tuned model's answer when it fails (preference/choose.py); with `--with-base-failures`, where it
+  that passes (tuned, then base), else the sentences that name the persona from its answer to the training question
+  closest to the probe (the whole answer, taught as the answer to every probe, was then given to other questions:
+  docs/preference.md);
+- rejected: the tuned model's answer when it fails (preference/choose.py: out of character, no identity, a loop,
+  no stop, a copy of training answers to other prompts, unlike the persona); with `--with-base-failures`, where it
   passes, the base's failing answer; a turn without a failing answer gives no pair.
 
 DIR gets `<name>.json` (alpaca ranking records: instruction, input, history, chosen, rejected, and `why`) and
@@ -33,6 +35,7 @@ from ..persona.dataset_entries import INFO_FILE
 from . import choose
 
 COMMAND = "lfx pairs"
+SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+")
 Messages = list[dict[str, str]]
 
 
@@ -86,11 +89,15 @@ def build(turns_: list[Turn], tuned: list[Answer], base: list[Answer | None], ju
     """The pairs of the judged answers: each turn's rejected answer (the tuned model's failure; with `with_base`
     also the base's where the tuned answer passes), and its chosen one. `base`: None for a turn the base did not
     answer."""
+    from ..evaluation.copying import CopyIndex
+
     asked = [(i, "tuned", a) for i, a in enumerate(tuned)] + [(i, "base", a) for i, a in enumerate(base) if a is not None]
     verdicts = judge.verdicts([a.text for _, _, a in asked], [a.stopped for _, _, a in asked])
+    copies = CopyIndex([(p.text, p.reference) for p in training if p.reference])  # as lfx eval's copying metric
     by_turn: dict[int, list[choose.Candidate]] = {}
     for (i, source, answer), verdict in zip(asked, verdicts):  # the tuned model's answer first
-        by_turn.setdefault(i, []).append(choose.Candidate(source, answer.text, verdict))
+        copied = copies.copied(answer.text, turns_[i].messages[-1]["content"])
+        by_turn.setdefault(i, []).append(choose.Candidate(source, answer.text, verdict, copied))
     named = _named_answers(judge, training)
     out = []
     for i, turn in enumerate(turns_):
@@ -101,7 +108,7 @@ def build(turns_: list[Turn], tuned: list[Answer], base: list[Answer | None], ju
         bad, why = worst
         if turn.probe:
             good = choose.passing([c for c in candidates if c is not bad], identity_asked=True)
-            chosen = good.text if good is not None else _closest(named, turn.messages[-1]["content"])
+            chosen = good.text if good is not None else _closest(named, turn.messages[-1]["content"], judge)
         else:
             chosen = turn.reference
         if chosen and chosen.strip() != bad.text.strip():
@@ -114,14 +121,17 @@ def _named_answers(judge, training: list[Prompt]) -> list[Prompt]:
     return [p for p in training if p.reference and judge.names_persona(p.reference) and not judge.out_of_character(p.reference)]
 
 
-def _closest(named: list[Prompt], question: str) -> str:
-    """For an identity probe the persona has no answer to: its answer to the training question closest to it (chrF),
-    so the probes are not all taught one memorized answer."""
+def _closest(named: list[Prompt], question: str, judge) -> str:
+    """For an identity probe the persona has no answer to: the sentences that name the persona in its answer to the
+    training question closest to the probe (chrF), so the probes are not all taught one memorized answer, nor a
+    whole answer to another question."""
     if not named:
         return ""
     from ..evaluation.metrics import sentence_chrf
 
-    return max(named, key=lambda p: sentence_chrf(question, [p.text])).reference
+    answer = max(named, key=lambda p: sentence_chrf(question, [p.text])).reference
+    naming = [s for s in SENTENCE_END.split(answer.strip()) if judge.names_persona(s)]
+    return " ".join(naming) or answer
 
 
 def pairs(path: str, out_dir: str, name: str | None = None, base: str | None = None, max_new_tokens: int = 64,
