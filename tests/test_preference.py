@@ -96,6 +96,11 @@ def test_pairs_are_built_from_real_verdicts_and_read_by_llamafactory(tmp_path):
     probe = [Turn([{"role": "user", "content": "What's your name?"}], probe=True)]
     failed = [Answer("I am an AI assistant.", True)]
     assert build(probe, failed, failed, judge, training)[0]["chosen"] == "Tony Stark."
+    # ... unless the tuned model's own answer begun with those sentences passes: then that one
+    begun = Answer("Tony Stark. Engineer, and the one who builds the suits around here.", True)
+    assert build(probe, failed, failed, judge, training, begun=[begun])[0]["chosen"] == begun.text
+    leaking = Answer("Tony Stark. As an AI language model, I cannot build suits.", True)
+    assert build(probe, failed, failed, judge, training, begun=[leaking])[0]["chosen"] == "Tony Stark."
     write_json(tmp_path / "p.json", pairs)
     write_json(tmp_path / "dataset_info.json", {"p": entry("p", "en")})
     loaded = load_entries(tmp_path, names=["p"])["p"]
@@ -201,3 +206,19 @@ def test_render_mixes_the_run_folders_snapshot_only_and_reproducibly(tiny_llama3
     assert "system_prompt_mix" not in yaml.safe_load((runs[0] / "train.yaml").read_text())
     assert (runs[0] / "data" / "ironman.json").read_bytes() == (runs[1] / "data" / "ironman.json").read_bytes()
     assert (REPO / "datasets" / "ironman.json").read_bytes() == source
+
+
+def test_an_answer_begun_for_the_model_is_continued_by_it(tiny_llama3):
+    """generate(begun=...): the text is put after the chat template's generation prompt, the model continues it
+    (as greedy decoding of the whole prompt would), and the answer includes it."""
+    from llamafactory_ext.inference import generation
+
+    model, tokenizer = generation.load(tiny_llama3)
+    chat = [[{"role": "user", "content": "What's your name?"}]]
+    begun = generation.generate(model, tokenizer, chat, 6, begun=["Tony Stark."])[0]
+    assert begun.text.startswith("Tony Stark.") and len(begun.text) > len("Tony Stark.")
+    prompt = generation.prompt_text(tokenizer, chat[0]) + "Tony Stark."
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    out = model.generate(**ids, max_new_tokens=6, do_sample=False, eos_token_id=generation.stop_ids(model, tokenizer))
+    continued = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert begun.text == ("Tony Stark." + continued).strip()

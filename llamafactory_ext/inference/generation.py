@@ -96,10 +96,11 @@ def prompt_text(tokenizer, messages: list[dict[str, str]]) -> str:
 
 
 def generate(model, tokenizer, conversations: list[list[dict[str, str]]], max_new_tokens: int, batch_size: int = 16,
-             temperature: float = 0.0, limits: list[int] | None = None) -> list[Answer]:  # fmt: skip
+             temperature: float = 0.0, limits: list[int] | None = None, begun: list[str] | None = None) -> list[Answer]:  # fmt: skip
     """Answers, `batch_size` conversations at a time (left padding; similar lengths batched together),
     greedy unless `temperature` > 0; each with whether it ended on a stop token. `limits`: each conversation's
-    own cap on new tokens (at most max_new_tokens), as a server with a fixed context window gives it."""
+    own cap on new tokens (at most max_new_tokens), as a server with a fixed context window gives it. `begun`: the
+    text each answer starts with (the model continues it; the answer includes it)."""
     import torch
 
     eos = stop_ids(model, tokenizer)
@@ -108,7 +109,8 @@ def generate(model, tokenizer, conversations: list[list[dict[str, str]]], max_ne
     sampling: dict[str, Any] = ({"do_sample": True, "temperature": temperature} if temperature > 0 else
                                 {"do_sample": False, "temperature": None, "top_p": None, "top_k": None})  # fmt: skip
     caps = [min(max_new_tokens, n) for n in limits] if limits is not None else [max_new_tokens] * len(conversations)
-    texts = [prompt_text(tokenizer, c) for c in conversations]
+    starts = begun if begun is not None else [""] * len(conversations)
+    texts = [prompt_text(tokenizer, c) + start for c, start in zip(conversations, starts, strict=True)]
     order = sorted(range(len(texts)), key=lambda i: len(tokenizer(texts[i], add_special_tokens=False)["input_ids"]))
     results: list[Answer] = [Answer("", False)] * len(texts)
     for start in range(0, len(order), batch_size):
@@ -121,7 +123,7 @@ def generate(model, tokenizer, conversations: list[list[dict[str, str]]], max_ne
         for row, i in zip(out[:, enc["input_ids"].shape[1] :].tolist(), chunk):
             row = row[: caps[i]]
             end = next((j for j, t in enumerate(row) if t in eos), None)
-            text = tokenizer.decode(row if end is None else row[:end], skip_special_tokens=True).strip()
+            text = (starts[i] + tokenizer.decode(row if end is None else row[:end], skip_special_tokens=True)).strip()
             results[i] = Answer(text, end is not None)
     return results
 
@@ -135,7 +137,8 @@ def remembered(load, folder: Path, tokenizer, conversations: list[list[dict[str,
 
     cache = AnswerCache.open(folder)
     caps = [min(max_new_tokens, n) for n in limits] if limits is not None else [max_new_tokens] * len(conversations)
-    texts = [prompt_text(tokenizer, c) for c in conversations]
+    starts = begun if begun is not None else [""] * len(conversations)
+    texts = [prompt_text(tokenizer, c) + start for c, start in zip(conversations, starts, strict=True)]
     found = [cache.get(t, cap) if cache else None for t, cap in zip(texts, caps)]
     todo = [i for i, answer in enumerate(found) if answer is None]
     if todo:

@@ -8,9 +8,9 @@ identifiability classifier trained as lfx eval trains it). A multi-turn record b
 turn (the earlier turns as history: hiyouga's advice in LLaMA-Factory issue 3495).
 
 - chosen: the persona's training answer to that turn; for an identity probe (no training answer), the first answer
-  that passes (tuned, then base), else the sentences that name the persona from its answer to the training question
-  closest to the probe (the whole answer, taught as the answer to every probe, was then given to other questions:
-  docs/preference.md);
+  that passes (tuned, then base), else the tuned model's own answer begun with the sentences that name the persona
+  in its training answer closest to the probe (when that answer passes), else those sentences alone. One stock
+  answer taught to every probe was given to other questions too (docs/preference.md);
 - rejected: the tuned model's answer when it fails (preference/choose.py: out of character, no identity, a loop,
   no stop, a copy of training answers to other prompts, unlike the persona); with `--with-base-failures`, where it
   passes, the base's failing answer; a turn without a failing answer gives no pair.
@@ -85,13 +85,16 @@ def entry(name: str, language: str | None) -> dict[str, Any]:
 
 
 def build(turns_: list[Turn], tuned: list[Answer], base: list[Answer | None], judge, training: list[Prompt],
-          with_base: bool = False) -> list[dict]:  # fmt: skip
+          with_base: bool = False, begun: list[Answer | None] | None = None) -> list[dict]:  # fmt: skip
     """The pairs of the judged answers: each turn's rejected answer (the tuned model's failure; with `with_base`
     also the base's where the tuned answer passes), and its chosen one. `base`: None for a turn the base did not
-    answer."""
+    answer; `begun`: for a probe, the tuned model's answer begun with the persona's naming sentences (None
+    elsewhere)."""
     from ..evaluation.copying import CopyIndex
 
+    begun = begun or [None] * len(turns_)
     asked = [(i, "tuned", a) for i, a in enumerate(tuned)] + [(i, "base", a) for i, a in enumerate(base) if a is not None]
+    asked += [(i, "begun", a) for i, a in enumerate(begun) if a is not None]
     verdicts = judge.verdicts([a.text for _, _, a in asked], [a.stopped for _, _, a in asked])
     copies = CopyIndex([(p.text, p.reference) for p in training if p.reference])  # as lfx eval's copying metric
     by_turn: dict[int, list[choose.Candidate]] = {}
@@ -101,14 +104,14 @@ def build(turns_: list[Turn], tuned: list[Answer], base: list[Answer | None], ju
     named = _named_answers(judge, training)
     out = []
     for i, turn in enumerate(turns_):
-        candidates = by_turn[i]
+        candidates = [c for c in by_turn[i] if c.source != "begun"]
         worst = choose.rejected(candidates, identity_asked=turn.probe, with_base=with_base)
         if worst is None:
             continue
         bad, why = worst
-        if turn.probe:
-            good = choose.passing([c for c in candidates if c is not bad], identity_asked=True)
-            chosen = good.text if good is not None else _closest(named, turn.messages[-1]["content"], judge)
+        if turn.probe:  # an answer that passes: the models', else the tuned model's begun with the naming sentences
+            good = choose.passing([c for c in by_turn[i] if c is not bad], identity_asked=True)
+            chosen = good.text if good is not None else naming_sentences(named, turn.messages[-1]["content"], judge)
         else:
             chosen = turn.reference
         if chosen and chosen.strip() != bad.text.strip():
@@ -121,7 +124,7 @@ def _named_answers(judge, training: list[Prompt]) -> list[Prompt]:
     return [p for p in training if p.reference and judge.names_persona(p.reference) and not judge.out_of_character(p.reference)]
 
 
-def _closest(named: list[Prompt], question: str, judge) -> str:
+def naming_sentences(named: list[Prompt], question: str, judge) -> str:
     """For an identity probe the persona has no answer to: the sentences that name the persona in its answer to the
     training question closest to the probe (chrF), so the probes are not all taught one memorized answer, nor a
     whole answer to another question."""
@@ -204,6 +207,18 @@ def pairs(path: str, out_dir: str, name: str | None = None, base: str | None = N
     say(f"answering {len(conversations)} turns ({sum(t.probe for t in todo)} identity probes): tuned")
     tuned_answers = generation.generate(model, tuned_tokenizer, conversations, max_new_tokens, batch_size,
                                         limits=limits["tuned"])  # fmt: skip
+    # Each probe once more, the answer begun with the sentences naming the persona in its closest training answer:
+    # a chosen answer in the tuned model's own words, not one stock answer for every probe.
+    naming = Judge(lexicon, target.persona)
+    named, probes_at = _named_answers(naming, evalset.training), [i for i, t in enumerate(todo) if t.probe]
+    begun: list[Answer | None] = [None] * len(todo)
+    if named and probes_at:
+        starts = [naming_sentences(named, todo[i].messages[-1]["content"], naming) for i in probes_at]
+        say(f"answering {len(probes_at)} identity probes begun with the persona's name: tuned")
+        continued = generation.generate(model, tuned_tokenizer, [conversations[i] for i in probes_at], max_new_tokens,
+                                        batch_size, limits=[limits["tuned"][i] for i in probes_at], begun=starts)  # fmt: skip
+        for i, answer in zip(probes_at, continued):
+            begun[i] = answer
     del model
     models.release()
     classifier = None
@@ -212,7 +227,7 @@ def pairs(path: str, out_dir: str, name: str | None = None, base: str | None = N
     except identifiability.TooFewAnswers as why:
         say(f"note: no identifiability classifier ({why}): rejected answers are chosen by the other failures")
     judge = Judge(lexicon, target.persona, classifier)
-    records = build(todo, tuned_answers, base_answers, judge, evalset.training, with_base)
+    records = build(todo, tuned_answers, base_answers, judge, evalset.training, with_base, begun)
     if not records:
         who = "the tuned model and the base" if with_base else "the tuned model"
         raise LfxError(f"{path}: every answer of {who} to {len(todo)} training turns and probes passes "
