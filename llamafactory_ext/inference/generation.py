@@ -137,8 +137,7 @@ def remembered(load, folder: Path, tokenizer, conversations: list[list[dict[str,
 
     cache = AnswerCache.open(folder)
     caps = [min(max_new_tokens, n) for n in limits] if limits is not None else [max_new_tokens] * len(conversations)
-    starts = begun if begun is not None else [""] * len(conversations)
-    texts = [prompt_text(tokenizer, c) + start for c, start in zip(conversations, starts, strict=True)]
+    texts = [prompt_text(tokenizer, c) for c in conversations]
     found = [cache.get(t, cap) if cache else None for t, cap in zip(texts, caps)]
     todo = [i for i, answer in enumerate(found) if answer is None]
     if todo:
