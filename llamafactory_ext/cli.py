@@ -403,8 +403,9 @@ def pairs(model_path, out_dir, name, base, max_new_tokens, batch_size, force, wi
 
     Answers the run's training prompts (never its held-out split) and the identity probes with the tuned model
     and the base (the base's answers judge and, for a probe, may be the chosen one); chosen: the persona's
-    training answer; rejected: the tuned model's answer that broke character, claimed another identity, looped,
-    did not stop or read least like the persona. Writes NAME.json and dataset_info.json ("ranking": true) into
+    training answer (for a probe, a passing answer, else the tuned model's begun with the persona's name);
+    rejected: the tuned model's answer that broke character, claimed another identity, looped, did not stop,
+    copied training answers to other prompts or read least like the persona. Writes NAME.json and dataset_info.json ("ranking": true) into
     the folder; train on it with LFX_DATASETS_DIR=FOLDER.
     """
     from .preference.pairs import pairs as make_pairs
