@@ -28,7 +28,7 @@ from .tokenizer_files import PERSONA_RECORD, recorded_persona_tokenizer, write_p
 COMMAND = "lfx merge"  # what its output folder's marker names: --force replaces only a folder it wrote
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
-BLOCK = 4 * 2**20  # weights merged at a time: 16 MiB in fp32, below glibc's largest mmap threshold (32 MiB)
+BLOCK = 2**20  # weights merged at a time: 4 MiB in fp32, whose temporaries stay in the CPU's cache
 # Base files that are weights (replaced by ours), that describe the base and not the merge, or that belong
 # to the run the base came from (a merged base carries its own run's record, plots and evaluation).
 SKIP_BASE = re.compile(r".*\.(safetensors|bin|pt|pth|h5|msgpack|onnx|gguf)$|^(README\.md|\.gitattributes|"
@@ -117,9 +117,7 @@ def _merge_tensor(weight, lora: LoraModule, buffers: dict):
                 work = block  # as block.to(torch.float32) gives it: merged in place
             else:
                 work = _buffer(buffers, torch.float32, block.numel()).view(block.shape).copy_(block)
-            layer = lora.layer(work, slice(start, start + block.shape[axis]))
-            layer.merge()
-            block.copy_(layer.get_base_layer().weight)
+            block.copy_(lora.merged(work, slice(start, start + block.shape[axis])))
     return weight
 
 
