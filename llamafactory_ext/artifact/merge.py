@@ -194,13 +194,17 @@ def merge(adapter_dir: str | Path, out_dir: str | Path, base_arg: str | None = N
     record, record_path = run_record.load(adapter_path, required=False)
     check_not_stacked(adapter_path, record)
     template = template or (record.get("template") or {}).get("name")
-    if template:
-        from ..persona.registration import check_name
-
-        check_name(template, "--template")  # an unknown name stops here, before any shard is written
     base_name = base_arg or adapter.base_name
     if not base_name:
         raise LfxError(f"{adapter_path / ADAPTER_CONFIG}: field 'base_model_name_or_path': empty (pass --base)")
+    run_folder = record_path.parent if record_path else adapter_path
+    # The persona tokenizer training wrote for this template and base, copied as it is; else it is built again
+    # from the template, whose name is checked here: an unknown one stops before any shard is written.
+    recorded = recorded_persona_tokenizer(run_folder, template, base_name)
+    if template and not recorded:
+        from ..persona.registration import check_name
+
+        check_name(template, "--template")
     base = resolve_base(base_name, record, f"{adapter_path / ADAPTER_CONFIG}: field 'base_model_name_or_path'")
     refuse_overwrite(out, [base, adapter_path], "merged model")
     weight_map = base_weight_map(base)
@@ -233,8 +237,6 @@ def merge(adapter_dir: str | Path, out_dir: str | Path, base_arg: str | None = N
         _resize_vocab(tmp, adapter)
         # Tokenizer files and stop metadata any consumer reads (transformers 4 and 5, vLLM, llama.cpp, TGI).
         args = record.get("args") or {}
-        run_folder = record_path.parent if record_path else adapter_path
-        recorded = recorded_persona_tokenizer(run_folder, template, base_name)
         if recorded:  # the persona tokenizer training wrote for this template and base: the same files
             files, stop_ids = recorded
             for name in files:
