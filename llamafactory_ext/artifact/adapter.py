@@ -50,6 +50,7 @@ class LoraModule:
     module: str
     tensors: dict[str, Any]
     settings: dict[str, Any]  # r, lora_alpha, use_rslora, use_dora, fan_in_fan_out
+    _layer: Any = field(default=None, repr=False, compare=False)  # peft's layer merged() reuses block to block
 
     @property
     def embedding(self) -> bool:
@@ -96,6 +97,25 @@ class LoraModule:
             state[LAYER_KEYS[name]] = tensor[rows] if rows is not None and name in PER_OUTPUT else tensor
         layer.load_state_dict(state, strict=True, assign=True)
         return layer
+
+    def merged(self, weight, rows: slice):
+        """`weight` (the block `rows` of the output features, fp32) with this module's update merged in by peft's own
+        layer (its merge()): the layer is built once per module (layer() checked its tensors against the settings)
+        and given each block's tensors, the same ones layer() would give it, without building it again."""
+        import torch
+
+        if self._layer is None:
+            self._layer = self.layer(weight, rows)
+        else:
+            layer = self._layer
+            params = {"base_layer.weight": weight}
+            params.update({LAYER_KEYS[name]: self.tensors[name][rows] for name in PER_OUTPUT if name in self.tensors})
+            for key, tensor in params.items():
+                owner, _, attr = key.rpartition(".")
+                setattr(layer.get_submodule(owner), attr, torch.nn.Parameter(tensor, requires_grad=False))
+            layer.merged_adapters.clear()  # this block is not merged yet: merge() skips a merged adapter
+        self._layer.merge()
+        return self._layer.get_base_layer().weight
 
 
 @dataclass
@@ -177,7 +197,7 @@ def load_adapter(path: str | Path) -> Adapter:
         if missing:
             raise LfxError(f"{weights_path}: module '{module}': {missing[0]} is missing")
         try:  # peft's layer, on the meta device, checks that the tensors fit the settings
-            lora.layer(torch.empty(lora.delta_shape, device="meta"))
+            lora._layer = lora.layer(torch.empty(lora.delta_shape, device="meta"))  # merged() gives it each block
         except RuntimeError as err:
             why = re.sub(r"^Error\(s\) in loading state_dict for \w+: ", "", " ".join(str(err).split()))
             raise LfxError(f"{weights_path}: module '{module}': does not fit peft's LoRA layer for {ADAPTER_CONFIG} "

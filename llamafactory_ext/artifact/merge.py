@@ -28,7 +28,7 @@ from .tokenizer_files import PERSONA_RECORD, recorded_persona_tokenizer, write_p
 COMMAND = "lfx merge"  # what its output folder's marker names: --force replaces only a folder it wrote
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
-BLOCK = 4 * 2**20  # weights merged at a time: 16 MiB in fp32, below glibc's largest mmap threshold (32 MiB)
+BLOCK = 2**20  # weights merged at a time: 4 MiB in fp32, whose temporaries stay in the CPU's cache
 # Base files that are weights (replaced by ours), that describe the base and not the merge, or that belong
 # to the run the base came from (a merged base carries its own run's record, plots and evaluation).
 SKIP_BASE = re.compile(r".*\.(safetensors|bin|pt|pth|h5|msgpack|onnx|gguf)$|^(README\.md|\.gitattributes|"
@@ -117,9 +117,7 @@ def _merge_tensor(weight, lora: LoraModule, buffers: dict):
                 work = block  # as block.to(torch.float32) gives it: merged in place
             else:
                 work = _buffer(buffers, torch.float32, block.numel()).view(block.shape).copy_(block)
-            layer = lora.layer(work, slice(start, start + block.shape[axis]))
-            layer.merge()
-            block.copy_(layer.get_base_layer().weight)
+            block.copy_(lora.merged(work, slice(start, start + block.shape[axis])))
     return weight
 
 
@@ -196,13 +194,17 @@ def merge(adapter_dir: str | Path, out_dir: str | Path, base_arg: str | None = N
     record, record_path = run_record.load(adapter_path, required=False)
     check_not_stacked(adapter_path, record)
     template = template or (record.get("template") or {}).get("name")
-    if template:
-        from ..persona.registration import check_name
-
-        check_name(template, "--template")  # an unknown name stops here, before any shard is written
     base_name = base_arg or adapter.base_name
     if not base_name:
         raise LfxError(f"{adapter_path / ADAPTER_CONFIG}: field 'base_model_name_or_path': empty (pass --base)")
+    run_folder = record_path.parent if record_path else adapter_path
+    # The persona tokenizer training wrote for this template and base, copied as it is; else it is built again
+    # from the template, whose name is checked here: an unknown one stops before any shard is written.
+    recorded = recorded_persona_tokenizer(run_folder, template, base_name)
+    if template and not recorded:
+        from ..persona.registration import check_name
+
+        check_name(template, "--template")
     base = resolve_base(base_name, record, f"{adapter_path / ADAPTER_CONFIG}: field 'base_model_name_or_path'")
     refuse_overwrite(out, [base, adapter_path], "merged model")
     weight_map = base_weight_map(base)
@@ -235,8 +237,6 @@ def merge(adapter_dir: str | Path, out_dir: str | Path, base_arg: str | None = N
         _resize_vocab(tmp, adapter)
         # Tokenizer files and stop metadata any consumer reads (transformers 4 and 5, vLLM, llama.cpp, TGI).
         args = record.get("args") or {}
-        run_folder = record_path.parent if record_path else adapter_path
-        recorded = recorded_persona_tokenizer(run_folder, template, base_name)
         if recorded:  # the persona tokenizer training wrote for this template and base: the same files
             files, stop_ids = recorded
             for name in files:
