@@ -29,6 +29,12 @@ class CopyIndex:
             for i in range(len(text) - WINDOW + 1):
                 self._windows.setdefault(text[i : i + WINDOW], set()).add(key)
 
+    @classmethod
+    def of_training(cls, training) -> CopyIndex:
+        """The index of a run's training exchanges (inference.prompts.Prompt) that have the persona's answer: what
+        lfx eval's copying metric and lfx pairs' copy test both read."""
+        return cls([(p.text, p.reference) for p in training if p.reference])
+
     def copied_share(self, answer: str, prompt: str) -> float:
         """The share of `answer`'s characters inside stretches found in training answers to other prompts."""
         text, own = normalized(answer), normalized(prompt)

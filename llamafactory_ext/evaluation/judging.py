@@ -49,7 +49,7 @@ def build(lexicon: Lexicon, persona: Persona | None, no_persona: str, evalset: E
             skipped["identifiability"] = f"too few training answers for the classifier: {why}"
     copies = None
     if training:
-        copies = copying.CopyIndex([(p.text, p.reference) for p in training if p.reference])
+        copies = copying.CopyIndex.of_training(training)
         config["copying"] = {"window_chars": copying.WINDOW, "threshold": copying.THRESHOLD, "training_answers": copies.size}
     level = None
     if training and language == "ko":

@@ -96,7 +96,7 @@ def build(turns_: list[Turn], tuned: list[Answer], base: list[Answer | None], ju
     asked = [(i, "tuned", a) for i, a in enumerate(tuned)] + [(i, "base", a) for i, a in enumerate(base) if a is not None]
     asked += [(i, "begun", a) for i, a in enumerate(begun) if a is not None]
     verdicts = judge.verdicts([a.text for _, _, a in asked], [a.stopped for _, _, a in asked])
-    copies = CopyIndex([(p.text, p.reference) for p in training if p.reference])  # as lfx eval's copying metric
+    copies = CopyIndex.of_training(training)  # as lfx eval's copying metric
     by_turn: dict[int, list[choose.Candidate]] = {}
     for (i, source, answer), verdict in zip(asked, verdicts):  # the tuned model's answer first
         copied = copies.copied(answer.text, turns_[i].messages[-1]["content"])
