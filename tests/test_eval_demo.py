@@ -42,3 +42,30 @@ def test_demo_persona_metrics_say_what_the_answers_show(demo_eval):
         for name in ("base", "prompted", "tuned")))  # the numbers of docs/merge-and-eval.md  # fmt: skip
     for key, condition in data["conditions"].items():
         print(f"{key}: {condition['overall']}")
+
+
+def test_demo_preference_round_meets_its_goals(demo_eval, demo_preference):
+    """`make demo-preference` on the demo's SFT model (issue 27, item 4): the goals, SFT (demo_eval) against
+    SFT+preference, on the SFT run's held-out split and the identity probes. Measured here (2026-12-03,
+    docs/preference.md): identity 0% -> 100%, out of character 0%, persona chrF 40.4 -> 39.5, copying 26% -> 26%,
+    stop rate 100%, identifiability drop under the generic prompt +0.06 -> +0.01. The round's time goal (10 minutes
+    on 2 CPU cores) is measured alone (docs/preference.md), not here: in the suite it shares the cores."""
+    sft, pref = demo_eval, demo_preference["eval"]
+    before, after = sft["tuned"]["overall"], pref["tuned"]["overall"]
+    assert pref["config"]["prompts"] == sft["config"]["prompts"] and pref["config"]["n"] == sft["config"]["n"] == 19
+    assert pref["config"]["probes"] == sft["config"]["probes"]
+    assert after["identity_rate"] >= 0.9 and after["identity_rate"] >= before["identity_rate"], (before, after)
+    assert after["out_of_character_rate"] <= 0.05, after
+    assert after["persona_chrf"] >= before["persona_chrf"] - 2, (before, after)
+    assert after["copying_rate"] <= before["copying_rate"], (before, after)
+    assert after["stop_rate"] >= 0.9, after
+    # the drop in identifiability under "You are a helpful assistant." (lfx eval's robustness figure): at most half
+    # of SFT's
+    drop = {name: data["robustness"]["generic"]["identifiability"] for name, data in (("sft", sft), ("pref", pref))}
+    generic = pref["conditions"]["tuned_generic"]["overall"]["identifiability"]
+    assert abs(drop["pref"] - (after["identifiability"] - generic)) < 1e-3, (drop, after, generic)
+    assert drop["pref"] <= max(drop["sft"], 0) / 2, drop
+    # compare.md puts the two side by side
+    row = f"| identity: probes answered as the persona | {before['identity_rate']:.0%} | {after['identity_rate']:.0%} |"
+    assert row in demo_preference["compare"], demo_preference["compare"]
+    print(f"\nround + eval: {demo_preference['seconds']:.0f} s; SFT {before}\nSFT+preference {after}\ndrops {drop}")
