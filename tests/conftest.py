@@ -234,6 +234,13 @@ def merged_ironman(ironman_run, tmp_path_factory) -> Path:
     return merge(ironman_run["adapter"], tmp_path_factory.mktemp("merged") / "ironman-merged", progress=False)
 
 
+def weights_and_states(folder: Path) -> int:
+    """The bytes of a saved run that grow with the model: weights files and DeepSpeed's optimizer states (its
+    model_states.pt files hold bookkeeping that grows with the count of tensors, not their size)."""
+    files = [*folder.glob("*.safetensors"), *folder.glob("global_step*/*optim_states.pt")]
+    return sum(p.stat().st_size for p in files)
+
+
 def tiny_recipe_dict(model: Path, **extra) -> dict:
     """launch/demo.yaml pointed at a tiny local model (the preset points at runs/, absent in a fresh clone)."""
     recipe = yaml.safe_load((REPO / "launch" / "demo.yaml").read_text(encoding="utf-8"))

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import REPO, lfx, tiny_recipe_dict, write_json, write_recipe
+from conftest import REPO, lfx, tiny_recipe_dict, weights_and_states, write_json, write_recipe
 
 
 def test_plan_of_the_seed_run_on_two_a100(tmp_path):
@@ -100,3 +100,31 @@ def test_plan_of_a_real_training_gives_its_steps(ironman_run, tmp_path):
     assert plan["total_steps"] == state["global_step"] == config["max_steps"]
     batches = plan["steps_per_epoch"] * config["gradient_accumulation_steps"]  # accumulation 1: every batch a step
     assert config["gradient_accumulation_steps"] == 1 and state["epoch"] == pytest.approx(state["global_step"] / batches)
+
+
+def test_plan_disk_is_what_a_real_run_leaves(ironman_run, merged_ironman, tmp_path):
+    """The shared 2-process ZeRO-3 LoRA run and its lfx merge: the plan's checkpoints, adapter and merged model are
+    the bytes they take on disk; train_sft.sh's free-disk check (run.json) asks for them with a margin."""
+    config = ironman_run["config"]
+    recipe = tiny_recipe_dict(Path(config["model_name_or_path"]), dataset=config["dataset"], max_steps=config["max_steps"],
+                              save_steps=config["save_steps"], per_device_train_batch_size=config["per_device_train_batch_size"],
+                              gradient_accumulation_steps=config["gradient_accumulation_steps"])  # fmt: skip
+    recipe["launch"] = {**recipe["launch"], "gpus": 2}
+    path = write_recipe(tmp_path / "r.yaml", recipe)
+    disk = json.loads(lfx("plan", str(path), "--json").stdout)["disk"]
+    adapter = ironman_run["adapter"]
+    checkpoints = sorted(adapter.glob("checkpoint-*"))
+    assert disk["checkpoints"] == len(checkpoints) == 1
+    # rel 0.1: the files' headers and pickling are a few percent of a tiny model's 16k trainable parameters
+    assert disk["checkpoint_gb"] * 1e9 == pytest.approx(weights_and_states(checkpoints[0]), rel=0.1)
+    assert disk["output_gb"] * 1e9 == pytest.approx((adapter / "adapter_model.safetensors").stat().st_size, rel=0.1)
+    assert disk["merged_gb"] * 1e9 == pytest.approx(weights_and_states(merged_ironman), rel=0.01)
+    assert lfx("render", str(path), "-o", str(tmp_path / "run")).exit_code == 0
+    assert json.loads((tmp_path / "run" / "run.json").read_text(encoding="utf-8"))["min_free_disk_gb"] == 1
+
+
+def test_the_seed_run_asks_for_its_merged_model_and_checkpoints_on_disk(tmp_path):
+    """The seed recipe (8B, LoRA): the merged bf16 model alone is 16 GB; run.json asks for that and a margin."""
+    assert lfx("render", str(REPO / "launch" / "ironman.yaml"), "-o", str(tmp_path / "run")).exit_code == 0
+    need = json.loads((tmp_path / "run" / "run.json").read_text(encoding="utf-8"))["min_free_disk_gb"]
+    assert 8.03e9 * 2 / 1e9 < need <= 8.03e9 * 2 / 1e9 * 1.3

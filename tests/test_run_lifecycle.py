@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import BIN, FAKE_TOKEN, lfx, run_launcher, snapshot, tiny_recipe_dict, train_config, write_recipe
+from conftest import (BIN, FAKE_TOKEN, lfx, run_launcher, snapshot, tiny_recipe_dict, train_config, weights_and_states,
+                      write_recipe)
 from hub_standin import HubStandin
 
 
@@ -122,7 +123,8 @@ def test_another_render_never_trains_into_a_run_folders_outputs(tiny_llama3, tmp
 @pytest.mark.parametrize("kind", ["full", "freeze"])
 def test_full_and_freeze_fine_tuning_merge_nothing_and_are_evaluated_and_uploaded_as_they_are(kind, tiny_llama3, tmp_path):
     run = tmp_path / "run"
-    _render(_recipe(tiny_llama3, tmp_path, finetuning_type=kind, val_size=0.15, save_steps=2), run)
+    recipe = _recipe(tiny_llama3, tmp_path, finetuning_type=kind, val_size=0.15, save_steps=2)
+    _render(recipe, run)
     with HubStandin() as hub:
         proc = _train(run, MERGE="1", EVAL="1", UPLOAD="1", HUB_REPO="tony/full-persona", HF_TOKEN=FAKE_TOKEN,
                       HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_HOME=str(tmp_path / "hf"))  # fmt: skip
@@ -138,6 +140,12 @@ def test_full_and_freeze_fine_tuning_merge_nothing_and_are_evaluated_and_uploade
     card = files["README.md"].decode()
     what = {"full": "Full fine-tune of", "freeze": "Freeze (partial) fine-tune of"}[kind]
     assert what in card and f"| `finetuning_type` | {kind} |" in card and "## Evaluation" in card
+    # lfx plan's disk: the whole model in each checkpoint and as the output, the optimizer states of what trained
+    disk = json.loads(lfx("plan", str(recipe), "--json").stdout)["disk"]
+    checkpoints = sorted(out.glob("checkpoint-*"))
+    assert disk["checkpoints"] == len(checkpoints) == 1 and disk["merged_gb"] == 0
+    assert disk["checkpoint_gb"] * 1e9 == pytest.approx(weights_and_states(checkpoints[0]), rel=0.05)
+    assert disk["output_gb"] * 1e9 == pytest.approx(weights_and_states(out), rel=0.05)
 
 
 def test_the_tokenizer_rewrite_is_atomic_and_never_fails_a_finished_training(ironman_run, tmp_path, monkeypatch, capsys):

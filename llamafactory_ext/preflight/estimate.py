@@ -25,6 +25,8 @@ MODELS_FILE = REPO_ROOT / "launch" / "models.yaml"
 MFU = 0.40
 OVERHEAD_GB = 2.0  # CUDA context, NCCL buffers, allocator fragmentation
 USABLE = 0.92  # of the card's memory
+DISK_MARGIN = 1.2  # over the estimated outputs: tokenizer files, logs, a save in progress
+UNKNOWN_MODEL_DISK_GB = 20  # checkpoints of an 8B LoRA run and its merged model, with room to spare
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -38,6 +40,7 @@ class Arch:
     num_key_value_heads: int
     vocab_size: int
     source: str
+    weight_bytes: int = 2  # a parameter's bytes in the model's own dtype (config.json's dtype), 16-bit when unknown
 
 
 def architecture(recipe: Recipe) -> Arch:
@@ -52,7 +55,9 @@ def architecture(recipe: Recipe) -> Arch:
             raise LfxError(f"{source}: not a decoder config lfx plan understands (needs {', '.join(keys)})")
         arch = {k: int(config[k]) for k in keys}
         arch["num_key_value_heads"] = int(config.get("num_key_value_heads") or arch["num_attention_heads"])
-        return Arch(params=_count(arch, bool(config.get("tie_word_embeddings"))), source=source, **arch)
+        dtype = str(config.get("dtype") or config.get("torch_dtype") or "bfloat16")
+        return Arch(params=_count(arch, bool(config.get("tie_word_embeddings"))), source=source,
+                    weight_bytes=4 if dtype == "float32" else 2, **arch)  # fmt: skip
     models = read_yaml(MODELS_FILE)
     if name in models:
         return Arch(source=str(MODELS_FILE), **models[name])
@@ -60,11 +65,28 @@ def architecture(recipe: Recipe) -> Arch:
                    f"Hugging Face cache) and no entry in {MODELS_FILE.name}")  # fmt: skip
 
 
-def _count(a: dict[str, int], tied: bool) -> float:
-    h, inter, layers, v = a["hidden_size"], a["intermediate_size"], a["num_hidden_layers"], a["vocab_size"]
+def _layer(a: dict[str, int]) -> int:
+    """The parameters of one decoder layer: attention, MLP, two norms."""
+    h, inter = a["hidden_size"], a["intermediate_size"]
     kv = h // a["num_attention_heads"] * a["num_key_value_heads"]
-    per_layer = 2 * h * h + 2 * h * kv + 3 * h * inter + 2 * h
-    return float(v * h * (1 if tied else 2) + layers * per_layer + h)
+    return 2 * h * h + 2 * h * kv + 3 * h * inter + 2 * h
+
+
+def _count(a: dict[str, int], tied: bool) -> float:
+    h, layers, v = a["hidden_size"], a["num_hidden_layers"], a["vocab_size"]
+    return float(v * h * (1 if tied else 2) + layers * _layer(a) + h)
+
+
+def trainable_params(arch: Arch, args: dict[str, Any]) -> float:
+    """What the run trains: every parameter (full), the decoder layers freeze_trainable_layers names (freeze:
+    LLaMA-Factory's default 2, the last ones; negative counts the first ones), or the LoRA matrices."""
+    kind = args.get("finetuning_type", "lora")
+    if kind == "full":
+        return arch.params
+    if kind == "freeze":
+        layers = min(abs(int(args.get("freeze_trainable_layers", 2))), arch.num_hidden_layers)
+        return float(layers * _layer(asdict(arch)))
+    return lora_params(arch, args)
 
 
 def lora_params(arch: Arch, args: dict[str, Any]) -> float:
@@ -105,9 +127,9 @@ def gpu_memory_gb(arch: Arch, recipe: Recipe, gpus_per_node: int, nodes: int, to
         from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
     args, launch = recipe.args, recipe.launch
-    full = args.get("finetuning_type", "lora") == "full"
-    trainable = arch.params if full else lora_params(arch, args)
-    frozen = 0.0 if full else arch.params
+    trainable = trainable_params(arch, args)
+    kind = args.get("finetuning_type", "lora")
+    frozen = {"full": 0.0, "freeze": arch.params - trainable}.get(kind, arch.params)  # LoRA: the whole base
     world = gpus_per_node * nodes
     offload = launch["offload"]
     bits = args.get("quantization_bit")
@@ -146,6 +168,7 @@ class Plan:
     tokens_source: str
     gpu_type: str
     memory: dict[str, float]
+    disk: dict[str, float]
     fits: bool
     smallest_fitting_gpus: int | None
     hours: float
@@ -173,6 +196,57 @@ def _steps(n: int, per_device: int, accumulation: int, world: int, args: dict[st
     total = max_steps if max_steps > 0 else math.ceil(float(args.get("num_train_epochs", 3.0)) * steps_per_epoch)
     warmup = args["warmup_ratio"] if args.get("warmup_ratio") is not None else args.get("warmup_steps") or 0
     return steps_per_epoch, total, TrainingArguments.get_warmup_steps(SimpleNamespace(warmup_steps=warmup), total)
+
+
+def _checkpoints(args: dict[str, Any], total: int, steps_per_epoch: int) -> int:
+    """How many checkpoints a run keeps on disk at its end, as transformers saves them: every save_steps (a
+    fraction < 1 of the run's steps) and at the last step, or every epoch; save_total_limit keeps the newest."""
+    strategy = str(args.get("save_strategy", "steps"))
+    if strategy == "no":
+        return 0
+    if strategy == "epoch":
+        count = math.ceil(total / steps_per_epoch)
+    else:
+        every = float(args.get("save_steps") or 500)  # TrainingArguments' default
+        every = math.ceil(total * every) if every < 1 else int(every)
+        count = math.ceil(total / every)
+    limit = args.get("save_total_limit")
+    return min(count, int(limit)) if limit else count
+
+
+def disk_gb(arch: Arch, args: dict[str, Any], total: int, steps_per_epoch: int) -> dict[str, float]:
+    """What a run leaves on its output volume: its checkpoints, its final adapter (or model) and, for LoRA, the
+    merged model. A checkpoint holds the weights (a LoRA adapter in fp32, as LLaMA-Factory upcasts trainable
+    parameters; else the whole model in its own dtype) and DeepSpeed's optimizer states (fp32 master weights and
+    Adam's two moments: 12 bytes a trainable parameter); tokenizer files and logs are left to the margin."""
+    trainable = trainable_params(arch, args)
+    lora = args.get("finetuning_type", "lora") == "lora"
+    weights = trainable * 4 if lora else arch.params * arch.weight_bytes
+    count = _checkpoints(args, total, steps_per_epoch)
+    checkpoint = weights + 12 * trainable
+    merged = arch.params * arch.weight_bytes if lora else 0.0
+    return {"checkpoints": count, "checkpoint_gb": checkpoint / 1e9, "output_gb": weights / 1e9, "merged_gb": merged / 1e9,
+            "total_gb": (count * checkpoint + weights + merged) / 1e9}  # fmt: skip
+
+
+def min_free_disk_gb(recipe: Recipe) -> int:
+    """train_sft.sh's free-disk check (run.json's min_free_disk_gb): the run's outputs (disk_gb) and a fifth
+    more, in whole GB; UNKNOWN_MODEL_DISK_GB when the model's size is not known here."""
+    try:
+        arch = architecture(recipe)
+    except LfxError:
+        return UNKNOWN_MODEL_DISK_GB
+    args = recipe.args
+    world = recipe.launch["nodes"] * recipe.launch["gpus"]
+    per_device = int(args.get("per_device_train_batch_size", 8))
+    accumulation = int(args.get("gradient_accumulation_steps", 1))
+    try:
+        n = samples(recipe)
+    except LfxError:  # a Hub dataset not downloaded here: the count of checkpoints is not known
+        one = disk_gb(arch, {**args, "save_strategy": "steps", "save_steps": 1, "max_steps": 1}, 1, 1)
+        return max(UNKNOWN_MODEL_DISK_GB, math.ceil(one["total_gb"] * DISK_MARGIN))
+    steps_per_epoch, total, _ = _steps(n, per_device, accumulation, world, args)
+    return max(1, math.ceil(disk_gb(arch, args, total, steps_per_epoch)["total_gb"] * DISK_MARGIN))
 
 
 def _hours(arch: Arch, recipe: Recipe, total_steps: int, global_batch: int, tokens: int, gpu: dict, world: int) -> float:
@@ -218,10 +292,10 @@ def estimate(recipe: Recipe, *, gpu: str | None = None, tokens: int | None = Non
     hours = _hours(arch, recipe, total, global_batch, tokens, chosen, world)
     return Plan(
         recipe=str(recipe.path), model=str(args["model_name_or_path"]), params_b=arch.params / 1e9,
-        trainable_params_m=(arch.params if args.get("finetuning_type") == "full" else lora_params(arch, args)) / 1e6,
+        trainable_params_m=trainable_params(arch, args) / 1e6,
         samples=n, world_size=world, global_batch=global_batch, steps_per_epoch=steps_per_epoch, total_steps=total,
         warmup_steps=warmup, tokens_per_sample=tokens, tokens_source=tokens_source or "", gpu_type=chosen["name"],
-        memory=memory, fits=fits, smallest_fitting_gpus=smallest, hours=hours,
+        memory=memory, disk=disk_gb(arch, args, total, steps_per_epoch), fits=fits, smallest_fitting_gpus=smallest, hours=hours,
         cost_usd=hours * world * chosen["usd_per_hour"], options=options,
     )  # fmt: skip
 
@@ -237,6 +311,10 @@ def render_plan(p: Plan, console, bf16: bool) -> None:
     console.print(f"per-GPU memory on {p.gpu_type}: model states {m['model_states_gb']:.1f} GB + frozen base "
                   f"{m['frozen_base_gb']:.1f} GB + activations {m['activations_gb']:.1f} GB + overhead "
                   f"{m['overhead_gb']:.1f} GB = {m['total_gb']:.1f} GB: " + ("fits" if p.fits else "[red]does not fit[/]"))  # fmt: skip
+    d = p.disk
+    merged = f" + merged model {d['merged_gb']:.2f} GB" if d["merged_gb"] else ""
+    console.print(f"disk for the outputs: {d['checkpoints']} checkpoint(s) x {d['checkpoint_gb']:.2f} GB + final "
+                  f"{d['output_gb']:.2f} GB{merged} = {d['total_gb']:.2f} GB")  # fmt: skip
     console.print(escape(f"time ~{p.hours:.2f} h, cost ~${p.cost_usd:.2f} (tokens/sample: {p.tokens_per_sample}, "
                          f"from {p.tokens_source})"))  # fmt: skip
     table = Table(title="cheapest fit per GPU type (one node)", title_justify="left")

@@ -15,12 +15,12 @@ from pathlib import Path
 from ..errors import LfxError
 from ..files import atomic_write_text, clean_leftovers, dump_json, mark_written, refuse_foreign, refuse_overwrite, replace_folder
 from ..persona.registration import register_datasets
+from ..preflight.estimate import min_free_disk_gb
 from ..recipe import Recipe, load_recipe
 from ..record import RUN_FILE
 from . import identity
 
 SCRIPTS = ("train_sft.sh", "merge_upload.sh")
-MIN_FREE_DISK_GB = 20  # checkpoints of a 8B LoRA run and the merged model, with room to spare
 TEXT_FILES = ("train.yaml", "recipe.yaml", "ds_config.json")
 COMMAND = "lfx render"  # what the run folder's marker names: a re-render replaces only files a render wrote
 
@@ -110,7 +110,7 @@ def render(recipe_path: str | Path, out_dir: str | Path, preset: str | None = No
         files[RUN_FILE] = dump_json({"name": recipe.name, "run_id": rid, "processes": shape, "launch": recipe.launch,
                                      "stage": recipe.args.get("stage", "sft"),
                                      "finetuning_type": recipe.args.get("finetuning_type", "lora"),
-                                     "min_free_disk_gb": MIN_FREE_DISK_GB})  # fmt: skip
+                                     "min_free_disk_gb": min_free_disk_gb(recipe)})  # fmt: skip
         files.update({name: env.get_template(f"{name}.j2").render(**context) for name in SCRIPTS})
         data_changed = _tree(stage / "data") != _tree(out / "data")
         _refuse_replacing_the_users(out, files, data_changed)
