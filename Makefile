@@ -46,7 +46,7 @@ demo: install
 	$(BIN)/lfx fetch-model smollm2 $(DEMO_MODEL) --force
 	rm -rf $(DEMO_RUN)
 	$(BIN)/lfx render launch/demo_smollm2.yaml -o $(DEMO_RUN)
-	PATH="$(abspath $(BIN)):$$PATH" LFX_DEVICE=cpu MIN_FREE_DISK_GB=1 MERGE=1 $(DEMO_RUN)/train_sft.sh
+	PATH="$(abspath $(BIN)):$$PATH" LFX_DEVICE=cpu MERGE=1 $(DEMO_RUN)/train_sft.sh
 	$(BIN)/lfx eval $(DEMO_RUN) -o $(DEMO_OUT) --max-new-tokens 64 --show 3
 	@echo "Demo done."
 	@echo "  $(DEMO_OUT)/eval.json, eval.md, eval.png  base vs prompted base vs tuned on the held-out prompts"
@@ -66,7 +66,7 @@ demo-preference: install
 	$(BIN)/lfx pairs $(DEMO_RUN) -o $(PREF_OUT)/pairs --name ironman_en_pairs --max-new-tokens 64
 	LFX_DATASETS_DIR=$(PREF_OUT)/pairs $(BIN)/lfx render launch/demo_preference.yaml -o $(PREF_OUT)/run \
 		"model_name_or_path=$(DEMO_MERGED)"
-	PATH="$(abspath $(BIN)):$$PATH" LFX_DEVICE=cpu MIN_FREE_DISK_GB=1 MERGE=1 $(PREF_OUT)/run/train_sft.sh
+	PATH="$(abspath $(BIN)):$$PATH" LFX_DEVICE=cpu MERGE=1 $(PREF_OUT)/run/train_sft.sh
 	$(BIN)/lfx eval $(PREF_OUT)/run -o $(PREF_OUT) --max-new-tokens 64 --show 3
 	$(BIN)/lfx eval-compare $(DEMO_OUT)/eval.json $(PREF_OUT)/eval.json -o $(PREF_OUT)/compare.md
 	@echo "Preference round done: $(PREF_OUT)/compare.md (SFT vs SFT+preference), $(PREF_OUT)/eval.md"
