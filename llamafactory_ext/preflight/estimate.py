@@ -201,13 +201,16 @@ def _steps(n: int, per_device: int, accumulation: int, world: int, args: dict[st
 def _checkpoints(args: dict[str, Any], total: int, steps_per_epoch: int) -> int:
     """How many checkpoints a run keeps on disk at its end, as transformers saves them: every save_steps (a
     fraction < 1 of the run's steps) and at the last step, or every epoch; save_total_limit keeps the newest."""
-    strategy = str(args.get("save_strategy", "steps"))
+    from transformers import TrainingArguments
+
+    defaults = TrainingArguments.__dataclass_fields__
+    strategy = str(args.get("save_strategy") or defaults["save_strategy"].default)
     if strategy == "no":
         return 0
     if strategy == "epoch":
         count = math.ceil(total / steps_per_epoch)
     else:
-        every = float(args.get("save_steps") or 500)  # TrainingArguments' default
+        every = float(args.get("save_steps") or defaults["save_steps"].default)
         every = math.ceil(total * every) if every < 1 else int(every)
         count = math.ceil(total / every)
     limit = args.get("save_total_limit")
